@@ -1,0 +1,104 @@
+"""The callback ingester: an ASGI app that turns DIDWW status callbacks into ledger updates
+and events. POST /callbacks?token=SMSQ_CALLBACK_TOKEN.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from callbacks.document import InvalidCallback, parse
+from ledger.settings import Settings
+from ledger.store import Ledger
+
+log = structlog.stdlib.get_logger("smsq.callbacks")
+
+# A DIDWW callback is well under 1 KiB; anything near this is not one.
+MAX_BODY_BYTES = 64 * 1024
+MEDIA_TYPES = ("application/vnd.api+json", "application/json")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _error(status: int, title: str, detail: str) -> JSONResponse:
+    body = {"errors": [{"title": title, "detail": detail, "status": str(status)}]}
+    return JSONResponse(body, status_code=status, media_type="application/vnd.api+json")
+
+
+async def read_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """Read the body, refusing it as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
+    token = settings.callback_token.get_secret_value().encode()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = redis or Redis.from_url(settings.redis_url, health_check_interval=30)
+        app.state.ledger = Ledger(client, settings)
+        yield
+        if redis is None:
+            await client.aclose()
+
+    async def receive(request: Request) -> JSONResponse:
+        given = request.query_params.get("token", "").encode()
+        # compare_digest takes the same time wherever the first difference is.
+        if not token or not hmac.compare_digest(given, token):
+            log.warning("callback_unauthorized")
+            return _error(401, "Unauthorized", "missing or wrong token")
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in MEDIA_TYPES:
+            return _error(415, "Unsupported Media Type", f"use {' or '.join(MEDIA_TYPES)}")
+        try:
+            update = parse(await read_limited(request))
+        except BodyTooLarge:
+            log.warning("callback_too_large")
+            return _error(413, "Payload Too Large", f"body over {MAX_BODY_BYTES} bytes")
+        except InvalidCallback as exc:
+            log.warning("callback_invalid", detail=str(exc))
+            return _error(400, "Bad Request", str(exc))
+        try:
+            outcome = await request.app.state.ledger.apply_callback(update)
+        except RedisError as exc:
+            # DIDWW retries a failed callback; 503 says try again, nothing is lost.
+            log.error("callback_store_failed", error=str(exc), didww_id=update.didww_id)
+            return _error(503, "Service Unavailable", "could not store the callback")
+        log.info(
+            "callback_handled",
+            didww_id=update.didww_id,
+            status=update.event["status"],
+            outcome=outcome,
+        )
+        return JSONResponse({"result": outcome})
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    return Starlette(
+        routes=[
+            Route("/callbacks", receive, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,31 @@
+-- Apply a DIDWW status callback: accepted|unknown -> sent|failed, once. A callback whose
+-- DIDWW id is not indexed yet is kept as an orphan for accept.lua to join.
+-- KEYS[1] DIDWW id index   KEYS[2] orphan callback   KEYS[3] batch hash (or any key when
+-- the id was not found)   KEYS[4] counts hash   KEYS[5] events stream   KEYS[6] stats hash
+-- ARGV[1] index value the caller found ('' for none)   ARGV[2] message field
+-- ARGV[3] final state (sent|failed)   ARGV[4] event base JSON   ARGV[5] stream maxlen
+-- ARGV[6] orphan TTL (s)   ARGV[7] orphan JSON {state, event}
+-- Returns {'applied'}, {'orphan'}, {'duplicate', state?}, {'retry', index value}, {'missing'}
+local indexed = redis.call('GET', KEYS[1])
+if not indexed then
+  if redis.call('SET', KEYS[2], ARGV[7], 'NX', 'EX', ARGV[6]) then
+    redis.call('HINCRBY', KEYS[6], 'orphans_kept', 1)
+    return {'orphan'}
+  end
+  redis.call('HINCRBY', KEYS[6], 'callbacks_duplicate', 1)
+  return {'duplicate'}
+end
+if indexed ~= ARGV[1] then return {'retry', indexed} end
+
+local record = redis.call('HGET', KEYS[3], ARGV[2])
+if not record then return {'missing'} end
+local state, dest, extra = split(record)
+if state ~= 'accepted' and state ~= 'unknown' then
+  redis.call('HINCRBY', KEYS[6], 'callbacks_duplicate', 1)
+  return {'duplicate', state}
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. '|' .. dest .. '|' .. extra)
+move(KEYS[4], state, ARGV[3])
+publish(KEYS[5], ARGV[5], ARGV[4], ARGV[3])
+redis.call('HINCRBY', KEYS[6], 'callbacks_applied', 1)
+return {'applied'}

@@ -1,0 +1,118 @@
+"""smsq's configuration: environment variables prefixed SMSQ_, or a .env file for local use.
+
+Every component loads it with load_settings(); a bad value stops the component with one line.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ledger.errors import ConfigError
+
+ENV_PREFIX = "SMSQ_"
+
+# DIDWW publishes no number; one public client keeps under 10 requests/s per trunk.
+DEFAULT_RATE_PER_S = 8.0
+# One batch task claims at most this many messages: small enough to spread over workers,
+# large enough that a million recipients cost ten thousand broker messages, not a million.
+DEFAULT_BATCH_SIZE = 100
+# Requests in flight per worker process; at 200 ms latency 20 in flight allow 100 messages/s.
+DEFAULT_CONCURRENCY = 20
+# A campaign message not posted within a day is stale for most senders.
+DEFAULT_TTL_S = 24 * 3600
+
+
+class Settings(BaseSettings):
+    """All settings; each field is the environment variable SMSQ_<FIELD NAME>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    didww_url: str = "https://sms-out.didww.com"
+    didww_username: str = ""
+    didww_password: SecretStr = SecretStr("")
+    rate_limit: float = Field(DEFAULT_RATE_PER_S, gt=0, le=10_000)
+    # Pace at this share of rate_limit so network and scheduling jitter cannot push
+    # any one-second window seen by DIDWW over the limit.
+    rate_headroom: float = Field(0.98, gt=0.5, le=1.0)
+    callback_token: SecretStr = SecretStr("")
+    events_stream: str = Field("smsq:events", min_length=1)
+    # Approximate cap on the events stream; consumers must read faster than this fills.
+    events_maxlen: int = Field(1_000_000, ge=1000)
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=1000)
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=1000)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    retry_attempts: int = Field(5, ge=1, le=50)
+    retry_max_wait_s: float = Field(30.0, gt=0)
+    # A batch whose retries ran out is tried again this much later (parked, not failed).
+    retry_later_s: int = Field(30, ge=1, le=600)
+    ambiguous: Literal["unknown", "resend"] = "unknown"
+    probe_interval_s: float = Field(30.0, gt=0)
+    ttl_s: int = Field(DEFAULT_TTL_S, ge=1)
+    max_segments: int = Field(10, ge=1, le=255)
+    didww_id_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    orphan_ttl_s: int = Field(24 * 3600, ge=60)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            parts.port  # noqa: B018 - urlsplit validates the port lazily
+        except ValueError as exc:
+            raise ValueError("has an invalid port") from exc
+        return value
+
+    @field_validator("didww_url")
+    @classmethod
+    def _didww_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @cached_property
+    def send_interval_s(self) -> float:
+        """Seconds between two requests to DIDWW across all workers."""
+        return 1.0 / (self.rate_limit * self.rate_headroom)
+
+    def require(self, *names: str) -> None:
+        """Stop with a ConfigError naming the first of these settings that is empty."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if not value:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} is not set")
+
+    def secrets(self) -> list[str]:
+        """The secret values, so log and error output can be scrubbed of them."""
+        values = [self.didww_password.get_secret_value(), self.callback_token.get_secret_value()]
+        password = urlsplit(self.redis_url).password
+        if password:
+            values.append(password)
+        return [v for v in values if v]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a bad value raises ConfigError with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}") from None

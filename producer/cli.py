@@ -1,0 +1,290 @@
+"""The `smsq` command: send campaigns, watch them, pause, resume or cancel them, read events.
+
+Bad input prints one clear message on stderr and exits 2; nothing is half-enqueued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import redis
+from redis.asyncio import Redis
+
+from ledger import events
+from ledger.dispatch import dispatch
+from ledger.errors import ConfigError, InputError, SmsqError
+from ledger.logs import configure_logging
+from ledger.settings import Settings, load_settings
+from ledger.states import ALL_STATES, CampaignState
+from ledger.store import Ledger, Status
+from producer.enqueue import EnqueueResult, Producer
+from producer.numbers import NumbersResult, normalize_many
+from producer.recipients import RecipientsFileError, read_recipients
+
+T = TypeVar("T")
+
+EXIT_INPUT = 2
+EXIT_UNAVAILABLE = 1
+# Enqueues of more numbers than this show a progress bar (unless --json).
+PROGRESS_THRESHOLD = 5000
+# How often --wait polls the campaign's status.
+WAIT_POLL_S = 0.5
+
+
+def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
+    click.echo(f"smsq: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fail(f"configuration error: {exc}")
+
+
+def _run(settings: Settings, work: Callable[[Ledger], Coroutine[Any, Any, T]]) -> T:
+    async def main() -> T:
+        client = Redis.from_url(settings.redis_url)
+        try:
+            return await work(Ledger(client, settings))
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(main())
+    except redis.RedisError as exc:
+        fail(f"cannot reach Redis at SMSQ_REDIS_URL: {exc}", EXIT_UNAVAILABLE)
+
+
+@click.group()
+def main() -> None:
+    """Send SMS campaigns through DIDWW and watch them."""
+    configure_logging("WARNING")
+
+
+@main.command()
+@click.option("--source", required=True, help="Your DIDWW number the SMS comes from.")
+@click.option("--to", "to", multiple=True, help="A destination number; repeat for more.")
+@click.option(
+    "--recipients",
+    type=click.Path(dir_okay=True, path_type=Path),
+    help="A CSV file (column destination, phone, number or msisdn) or one number per line.",
+)
+@click.option("--text", required=True, help="The message text.")
+@click.option("--name", default=None, help="A name for the campaign.")
+@click.option(
+    "--ttl",
+    "ttl_s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seconds a message may wait to be sent before it expires.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--wait", is_flag=True, help="Wait until every message is settled.")
+def send(
+    source: str,
+    to: tuple[str, ...],
+    recipients: Path | None,
+    text: str,
+    name: str | None,
+    ttl_s: int | None,
+    as_json: bool,
+    wait: bool,
+) -> None:
+    """Enqueue a campaign."""
+    if bool(to) == bool(recipients):
+        fail("give destinations with either --to or --recipients (one of them)")
+    settings = _settings()
+    try:
+        numbers: NumbersResult = read_recipients(recipients) if recipients else normalize_many(to)
+    except RecipientsFileError as exc:
+        fail(str(exc))
+    producer = Producer(settings)
+    try:
+        result = _enqueue(producer, source, text, numbers, name, ttl_s, as_json)
+    except InputError as exc:
+        _report_rejections(numbers)
+        fail(str(exc))
+    except redis.RedisError as exc:
+        fail(f"cannot reach Redis at SMSQ_REDIS_URL: {exc}", EXIT_UNAVAILABLE)
+    except SmsqError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    finally:
+        producer.close()
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        _report_rejections(numbers)
+        click.echo(
+            f"campaign {result.campaign_id}: {result.queued} queued, {result.rejected} "
+            f"rejected, {result.duplicates} duplicates; {result.segments} segment(s) each "
+            f"({result.encoding})"
+        )
+    if wait:
+        status = _wait(settings, result.campaign_id, show=not as_json)
+        if as_json:
+            click.echo(json.dumps(status.as_dict()))
+        else:
+            _print_status(status)
+
+
+def _enqueue(
+    producer: Producer,
+    source: str,
+    text: str,
+    numbers: NumbersResult,
+    name: str | None,
+    ttl_s: int | None,
+    as_json: bool,
+) -> EnqueueResult:
+    total = len(numbers.numbers)
+    if as_json or total <= PROGRESS_THRESHOLD:
+        return producer.enqueue(source, text, numbers, name=name, ttl_s=ttl_s)
+    with click.progressbar(length=total, label="enqueueing", file=sys.stderr) as bar:
+        return producer.enqueue(source, text, numbers, name=name, ttl_s=ttl_s, progress=bar.update)
+
+
+def _report_rejections(numbers: NumbersResult) -> None:
+    for r in numbers.rejections:
+        click.echo(f"line {r.line}: {r.value!r}: {r.reason}", err=True)
+
+
+def _wait(settings: Settings, cid: str, show: bool) -> Status:
+    async def work(ledger: Ledger) -> Status:
+        status = await _status_or_fail(ledger, cid)
+        bar = click.progressbar(length=status.campaign.total, label="settling", file=sys.stderr)
+        if show:
+            bar.__enter__()
+        settled = 0
+        while True:
+            pending = sum(status.counts[s] for s in ("queued", "sending", "accepted"))
+            now_settled = status.campaign.total - pending
+            if show:
+                bar.update(now_settled - settled)
+            settled = now_settled
+            if status.done:
+                break
+            await asyncio.sleep(WAIT_POLL_S)
+            status = await _status_or_fail(ledger, cid)
+        if show:
+            bar.__exit__(None, None, None)
+        return status
+
+    return _run(settings, work)
+
+
+async def _status_or_fail(ledger: Ledger, cid: str) -> Status:
+    status = await ledger.status(cid)
+    if status is None:
+        fail(f"no campaign {cid!r}")
+    return status
+
+
+def _print_status(status: Status) -> None:
+    c = status.campaign
+    click.echo(f"campaign {c.id}" + (f" ({c.name})" if c.name else "") + f": {c.state}")
+    click.echo(f"  {'total':<10} {c.total:>9}")
+    for state in ALL_STATES:
+        click.echo(f"  {state:<10} {status.counts[state]:>9}")
+    click.echo(f"  {'rate':<10} {status.rate_per_s:>9.1f}/s")
+    click.echo(f"  {'done':<10} {'yes' if status.done else 'no':>9}")
+
+
+@main.command()
+@click.argument("campaign")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(campaign: str, as_json: bool) -> None:
+    """Show a campaign's counts per state, its send rate, and whether it is done."""
+    result = _run(_settings(), lambda ledger: _status_or_fail(ledger, campaign))
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        _print_status(result)
+
+
+@main.command()
+@click.argument("campaign")
+def pause(campaign: str) -> None:
+    """Stop posting a campaign's messages until it is resumed."""
+    if not _run(_settings(), lambda ledger: ledger.set_state(campaign, CampaignState.PAUSED)):
+        fail(f"no campaign {campaign!r}, or it is cancelled")
+    click.echo(f"campaign {campaign} paused")
+
+
+@main.command()
+@click.argument("campaign")
+def resume(campaign: str) -> None:
+    """Resume a paused campaign; also lifts a halt after DIDWW refused the credentials."""
+    settings = _settings()
+    producer = Producer(settings)
+
+    async def work(ledger: Ledger) -> tuple[bool, int]:
+        if not await ledger.set_state(campaign, CampaignState.ACTIVE):
+            return False, 0
+        await ledger.clear_halt(f"resumed by an operator (campaign {campaign})")
+        c = await ledger.campaign(campaign)
+        assert c is not None
+        batches = await ledger.batches_with_queued(c)
+        return True, dispatch(producer.celery, c.id, batches, priority=c.priority)
+
+    try:
+        found, published = _run(settings, work)
+    finally:
+        producer.close()
+    if not found:
+        fail(f"no campaign {campaign!r}, or it is cancelled")
+    click.echo(f"campaign {campaign} resumed ({published} batches queued)")
+
+
+@main.command()
+@click.argument("campaign")
+def cancel(campaign: str) -> None:
+    """Cancel every message of a campaign that is still queued."""
+
+    async def work(ledger: Ledger) -> int | None:
+        if not await ledger.set_state(campaign, CampaignState.CANCELLED):
+            return None
+        c = await ledger.campaign(campaign)
+        assert c is not None
+        return await ledger.cancel_queued(c)
+
+    moved = _run(_settings(), work)
+    if moved is None:
+        fail(f"no campaign {campaign!r}")
+    click.echo(f"campaign {campaign} cancelled ({moved} queued messages cancelled)")
+
+
+@main.command("events")
+@click.option("--group", default=None, help="Read as this consumer group (acks each event).")
+@click.option("--consumer", default="smsq-cli", show_default=True, help="Consumer name.")
+@click.option("--follow", is_flag=True, help="Keep waiting for new events.")
+def events_cmd(group: str | None, consumer: str, follow: bool) -> None:
+    """Print events as JSON lines."""
+    settings = _settings()
+
+    async def work(ledger: Ledger) -> None:
+        stream = settings.events_stream
+        if group:
+            async for entry_id, event in events.read_group(
+                ledger.redis, stream, group, consumer, follow=follow
+            ):
+                click.echo(json.dumps(event, ensure_ascii=False))
+                await events.ack(ledger.redis, stream, group, entry_id)
+        else:
+            async for _, event in events.read(ledger.redis, stream, follow=follow):
+                click.echo(json.dumps(event, ensure_ascii=False))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(settings, work)
+
+
+if __name__ == "__main__":
+    main()

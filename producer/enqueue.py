@@ -1,0 +1,204 @@
+"""Store a campaign in the ledger and queue its batches: the producer's one write path.
+
+Everything is validated before the first write, so bad input enqueues nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery
+
+from ledger import keys
+from ledger.dispatch import celery_config, dispatch
+from ledger.errors import InputError, SmsqError
+from ledger.settings import Settings, load_settings
+from ledger.states import CampaignState, State
+from ledger.store import encode_record
+from producer.numbers import InvalidNumber, NumbersResult, Rejection, normalize, normalize_many
+from producer.segments import segment_info
+
+# --json lists this many rejections; the rest are counted.
+MAX_REPORTED_REJECTIONS = 100
+# Batches written per Redis round trip.
+WRITE_CHUNK_BATCHES = 200
+
+
+@dataclass
+class EnqueueResult:
+    campaign_id: str
+    queued: int
+    rejected: int
+    duplicates: int
+    rejections: list[Rejection] = field(repr=False)
+    segments: int
+    encoding: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign_id": self.campaign_id,
+            "queued": self.queued,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "rejections": [
+                {"line": r.line, "value": r.value, "reason": r.reason}
+                for r in self.rejections[:MAX_REPORTED_REJECTIONS]
+            ],
+            "segments": self.segments,
+            "encoding": self.encoding,
+        }
+
+
+class Producer:
+    """Writes campaigns to Redis and publishes their batches; reuse one per process."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.celery = Celery("smsq-producer")
+        self.celery.config_from_object(celery_config(self.settings))
+
+    def validate(self, source: str, text: str) -> tuple[str, Any]:
+        if not text or not text.strip():
+            raise InputError("the message text is empty")
+        try:
+            source = normalize(source)
+        except InvalidNumber as exc:
+            raise InputError(f"invalid source number {source!r}: {exc.reason}") from None
+        info = segment_info(text)
+        if info.segments > self.settings.max_segments:
+            raise InputError(
+                f"the text needs {info.segments} SMS segments ({info.encoding}); "
+                f"the limit is {self.settings.max_segments} (SMSQ_MAX_SEGMENTS)"
+            )
+        return source, info
+
+    def enqueue(
+        self,
+        source: str,
+        text: str,
+        numbers: NumbersResult,
+        *,
+        name: str | None = None,
+        ttl_s: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> EnqueueResult:
+        """Store and queue a campaign for already-parsed numbers; raises InputError if none."""
+        source, info = self.validate(source, text)
+        if not numbers.numbers:
+            raise InputError(f"no valid destination number ({len(numbers.rejections)} rejected)")
+        ttl_s = ttl_s or self.settings.ttl_s
+        if ttl_s <= 0:
+            raise InputError("the time to live must be a positive number of seconds")
+        cid = secrets.token_hex(8)
+        batch_size = self.settings.batch_size
+        total = len(numbers.numbers)
+        batches = (total + batch_size - 1) // batch_size
+        priority = total == 1
+        now_s, now_us = self.redis.time()
+        created_at = now_s + now_us / 1_000_000
+        try:
+            self._write_batches(cid, numbers.numbers, batch_size, progress)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(keys.counts(cid), str(State.QUEUED), total)
+            pipe.hset(
+                keys.campaign(cid),
+                mapping={
+                    "source": source,
+                    "text": text,
+                    "name": name or "",
+                    "total": total,
+                    "batch_size": batch_size,
+                    "batches": batches,
+                    "created_at": f"{created_at:.3f}",
+                    "expires_at": f"{created_at + ttl_s:.3f}",
+                    "state": str(CampaignState.ACTIVE),
+                    "encoding": info.encoding,
+                    "segments": info.segments,
+                    "priority": "1" if priority else "0",
+                },
+            )
+            pipe.zadd(keys.campaigns(), {cid: created_at})
+            pipe.execute()
+        except redis.RedisError:
+            self._discard(cid, batches)
+            raise
+        try:
+            dispatch(self.celery, cid, range(batches), priority=priority)
+        except Exception as exc:
+            raise SmsqError(
+                f"campaign {cid} is stored but not all its batches were queued ({exc}); "
+                f"run `smsq resume {cid}` once Redis is reachable"
+            ) from None
+        return EnqueueResult(
+            campaign_id=cid,
+            queued=total,
+            rejected=len(numbers.rejections),
+            duplicates=numbers.duplicates,
+            rejections=numbers.rejections,
+            segments=info.segments,
+            encoding=info.encoding,
+        )
+
+    def _write_batches(
+        self,
+        cid: str,
+        numbers: list[str],
+        batch_size: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pending = 0
+        for start in range(0, len(numbers), batch_size):
+            chunk = numbers[start : start + batch_size]
+            pipe.hset(
+                keys.batch(cid, start // batch_size),
+                mapping={
+                    start + i: encode_record(State.QUEUED, number) for i, number in enumerate(chunk)
+                },
+            )
+            pending += len(chunk)
+            if len(pipe) >= WRITE_CHUNK_BATCHES:
+                pipe.execute()
+                if progress:
+                    progress(pending)
+                pending = 0
+        pipe.execute()
+        if progress and pending:
+            progress(pending)
+
+    def _discard(self, cid: str, batches: int) -> None:
+        """Best effort: remove what a failed enqueue wrote, so nothing is half-enqueued."""
+        try:
+            names = [keys.batch(cid, b) for b in range(batches)]
+            names += [keys.counts(cid), keys.campaign(cid)]
+            for start in range(0, len(names), 1000):
+                self.redis.delete(*names[start : start + 1000])
+            self.redis.zrem(keys.campaigns(), cid)
+        except redis.RedisError:
+            pass
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def enqueue_campaign(
+    source: str,
+    text: str,
+    destinations: Iterable[str],
+    name: str | None = None,
+    *,
+    ttl_s: int | None = None,
+    settings: Settings | None = None,
+) -> EnqueueResult:
+    """Queue a campaign: normalise and de-duplicate the numbers, store the text once, and
+    publish its batches. Raises ledger.errors.InputError for bad input (nothing is queued)."""
+    producer = Producer(settings)
+    try:
+        return producer.enqueue(source, text, normalize_many(destinations), name=name, ttl_s=ttl_s)
+    finally:
+        producer.close()

@@ -1,0 +1,150 @@
+"""Reading a recipients file: one number per line, or a CSV with a phone-number column.
+
+The file is streamed once; bad lines become rejections, and only a file that cannot be used
+at all raises RecipientsFileError.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+from ledger.errors import InputError
+from producer.numbers import InvalidNumber, NumbersCollector, NumbersResult, normalize
+
+# Header names (case-insensitive) that mark the column holding the numbers, in the order the
+# error message lists them.
+COLUMN_NAMES = ("destination", "phone", "number", "msisdn")
+# What spreadsheets export: comma, semicolon (locales with a decimal comma) and tab.
+DELIMITERS = (",", ";", "\t")
+# Enough of the file's start to catch a binary file before looking for its first line break.
+SNIFF_BYTES = 8192
+
+
+class RecipientsFileError(InputError):
+    """The recipients file cannot be used at all; the message names the file and says why."""
+
+
+class _BinaryContent(Exception):
+    """A NUL byte was found; turned into RecipientsFileError at the one place that names files."""
+
+
+def read_recipients(path: str | Path) -> NumbersResult:
+    """Read the numbers in `path`, a one-per-line list or a CSV with a recognised column."""
+    name = str(path)
+    label = f"recipients file '{name}'"
+    try:
+        with open(path, "rb") as raw:
+            if b"\0" in raw.peek(SNIFF_BYTES):
+                raise _BinaryContent
+            # newline="" keeps "\r\n" inside quoted CSV fields intact while still ending
+            # lines at "\n", "\r\n" or "\r"; utf-8-sig drops the BOM Excel writes.
+            with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+                return _read(text, label)
+    except FileNotFoundError as exc:
+        raise RecipientsFileError(f"{label} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise RecipientsFileError(f"{label} is a directory, not a file") from exc
+    except PermissionError as exc:
+        raise RecipientsFileError(f"{label} cannot be read: permission denied") from exc
+    except (_BinaryContent, UnicodeDecodeError) as exc:
+        raise RecipientsFileError(f"{label} is not a UTF-8 text file (binary?)") from exc
+    except OSError as exc:
+        raise RecipientsFileError(f"{label} cannot be read: {exc.strerror or exc}") from exc
+
+
+def _read(text: io.TextIOWrapper, label: str) -> NumbersResult:
+    first_line, first = _first_content(text)
+    if not first:
+        raise RecipientsFileError(f"{label} is empty")
+    collector = NumbersCollector()
+    is_number = _is_number(first)
+    column = None if is_number else _find_column(first)
+    if column is not None:
+        delimiter, index, column_name = column
+        _read_rows(text, first_line, delimiter, index, column_name, collector)
+        if collector.lines == 0:
+            raise RecipientsFileError(f"{label} has a header but no data lines")
+        return collector.result()
+    if not is_number and any(delimiter in first for delimiter in DELIMITERS):
+        raise RecipientsFileError(
+            f"{label} looks like a CSV file, but its header (line {first_line}) has no "
+            f"column named {', '.join(COLUMN_NAMES[:-1])} or {COLUMN_NAMES[-1]}"
+        )
+    collector.add(first_line, first)
+    _read_lines(text, first_line, collector)
+    return collector.result()
+
+
+def _first_content(text: Iterator[str]) -> tuple[int, str]:
+    """The 1-based number and stripped text of the first non-blank line, or (0, "")."""
+    for number, line in enumerate(text, start=1):
+        _check_text(line)
+        value = line.strip()
+        if value:
+            return number, value
+    return 0, ""
+
+
+def _is_number(value: str) -> bool:
+    try:
+        normalize(value)
+    except InvalidNumber:
+        return False
+    return True
+
+
+def _read_lines(text: Iterator[str], after: int, collector: NumbersCollector) -> None:
+    add = collector.add
+    for number, line in enumerate(text, start=after + 1):
+        value = line.strip()
+        if value:
+            _check_text(value)
+            add(number, value)
+
+
+def _read_rows(
+    text: Iterator[str],
+    header_line: int,
+    delimiter: str,
+    index: int,
+    column_name: str,
+    collector: NumbersCollector,
+) -> None:
+    missing = f"no value in column {column_name!r}"
+    rows = csv.reader(_checked(text), delimiter=delimiter)
+    end_of_previous = header_line
+    for row in rows:
+        # A quoted field may span lines; the row is reported at the line where it starts.
+        start = end_of_previous + 1
+        end_of_previous = header_line + rows.line_num
+        if index < len(row) and row[index].strip():
+            collector.add(start, row[index])
+        elif any(cell.strip() for cell in row):
+            collector.reject(start, delimiter.join(row), missing)
+        # Rows with no content at all (blank lines, Excel's ";;;") are skipped like blank lines.
+
+
+def _find_column(header: str) -> tuple[str, int, str] | None:
+    """Delimiter, index and name of the number column if `header` is a CSV header row."""
+    # The delimiter the header uses most is tried first; a lone "phone" header splits the same
+    # way under all of them.
+    for delimiter in sorted(DELIMITERS, key=header.count, reverse=True):
+        cells = next(csv.reader([header], delimiter=delimiter))
+        for index, cell in enumerate(cells):
+            if cell.strip().lower() in COLUMN_NAMES:
+                return delimiter, index, cell.strip()
+    return None
+
+
+def _check_text(line: str) -> None:
+    if "\0" in line:
+        raise _BinaryContent
+
+
+def _checked(lines: Iterator[str]) -> Iterator[str]:
+    for line in lines:
+        _check_text(line)
+        yield line

@@ -1,0 +1,52 @@
+"""The Celery application: `celery -A worker worker` and `celery -A worker flower` load it.
+
+Configured once here from the SMSQ_ settings; Celery's logging goes through structlog.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from celery import Celery, signals
+
+from ledger.dispatch import celery_config
+from ledger.errors import ConfigError
+from ledger.logs import configure_logging
+from ledger.settings import Settings, load_settings
+from worker import runtime
+from worker.supervisor import SupervisorStep
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"smsq: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+settings = _settings()
+app = Celery("smsq", include=["worker.tasks"])
+app.config_from_object(celery_config(settings))
+app.smsq_settings = settings  # type: ignore[attr-defined]
+app.steps["worker"].add(SupervisorStep)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging(settings.log_level, settings.secrets())
+
+
+@signals.worker_init.connect
+def _check_credentials(**_: Any) -> None:
+    try:
+        settings.require("didww_username", "didww_password")
+    except ConfigError as exc:
+        print(f"smsq: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@signals.worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    runtime.shutdown()

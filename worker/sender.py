@@ -1,0 +1,190 @@
+"""Send one batch: claim each queued message, wait for its rate-limit slot, post it, record
+the outcome. Requests run concurrently up to SMSQ_CONCURRENCY per worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from ledger.settings import Settings
+from ledger.states import State
+from ledger.store import Campaign, Ledger, Record
+from worker.didww import DidwwClient
+from worker.errors import Ambiguous, AuthFailed, Rejected, Retryable
+from worker.limiter import RateLimiter
+
+log = structlog.stdlib.get_logger("smsq.worker")
+
+# Stop reasons: the batch leaves its remaining messages queued for later.
+PAUSED, HALTED, RETRY_LATER = "paused", "halted", "retry_later"
+
+
+class Halted(Exception):
+    """Another worker saw a 401 while this request waited to retry."""
+
+
+@dataclass
+class BatchResult:
+    campaign_id: str
+    batch: int
+    accepted: int = 0
+    rejected: int = 0
+    unknown: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    released: int = 0
+    stopped: str | None = None
+    # Set once the campaign turned out cancelled or expired: the rest of the batch is
+    # settled by claim without waiting for rate-limit slots, since nothing will be posted.
+    sweeping: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _WaitRetryAfter:
+    """Honour a 429's Retry-After (plus a little jitter); else exponential backoff with jitter."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+        self.backoff = wait_random_exponential(multiplier=0.5, max=max_wait_s)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            return float(min(retry_after, self.max_wait_s) + random.uniform(0, 0.5))
+        return float(self.backoff(state))
+
+
+class Sender:
+    def __init__(
+        self, ledger: Ledger, client: DidwwClient, limiter: RateLimiter, settings: Settings
+    ) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.limiter = limiter
+        self.settings = settings
+        retry_on: Any = Retryable
+        if settings.ambiguous == "resend":
+            retry_on = (Retryable, Ambiguous)
+        self._retry = retry_if_exception_type(retry_on)
+        self._wait = _WaitRetryAfter(settings.retry_max_wait_s)
+
+    async def send_batch(self, cid: str, batch_no: int) -> BatchResult:
+        result = BatchResult(cid, batch_no)
+        campaign = await self.ledger.campaign(cid)
+        if campaign is None:
+            log.warning("campaign_missing", campaign_id=cid, batch=batch_no)
+            result.stopped = "missing"
+            return result
+        queued = [r for r in await self.ledger.records(cid, batch_no) if r.state is State.QUEUED]
+        gate = asyncio.Semaphore(self.settings.concurrency)
+
+        async def one(record: Record) -> None:
+            async with gate:
+                if result.stopped is None:
+                    await self._send_one(campaign, record, result)
+
+        await asyncio.gather(*(one(r) for r in queued))
+        log.info("batch_done", **result.as_dict())
+        return result
+
+    async def _send_one(self, c: Campaign, r: Record, result: BatchResult) -> None:
+        structlog.contextvars.bind_contextvars(campaign_id=c.id, message_id=c.message_id(r.index))
+        if not result.sweeping:
+            await self.limiter.acquire()
+        if result.stopped is not None:
+            return
+        outcome = await self.ledger.claim(c, r)
+        if outcome[0] != "claimed":
+            self._not_claimed(outcome, result)
+            return
+        try:
+            didww_id = await self._post(c, r)
+        except Rejected as exc:
+            await self.ledger.reject(c, r, exc.detail)
+            result.rejected += 1
+            log.warning("message_rejected", status=exc.status, detail=exc.detail)
+        except AuthFailed as exc:
+            await self._release(c, r, result)
+            if await self.ledger.halt(exc.detail):
+                log.error("auth_failed", detail=exc.detail)
+            result.stopped = HALTED
+        except Halted:
+            await self._release(c, r, result)
+            result.stopped = HALTED
+        except Ambiguous as exc:
+            await self.ledger.mark_unknown(c, r, exc.detail)
+            result.unknown += 1
+            log.warning("message_unknown", detail=exc.detail)
+        except Retryable as exc:
+            await self._release(c, r, result)
+            result.stopped = RETRY_LATER
+            log.warning("retries_exhausted", detail=exc.detail, status=exc.status)
+        else:
+            structlog.contextvars.bind_contextvars(didww_id=didww_id)
+            joined = await self.ledger.accept(c, r, didww_id)
+            result.accepted += 1
+            log.info("message_accepted", settled=joined[1] if len(joined) > 1 else None)
+
+    async def _post(self, c: Campaign, r: Record) -> str:
+        """POST with tenacity retries by error class; each retry takes a new rate slot."""
+        async for attempt in AsyncRetrying(
+            retry=self._retry,
+            wait=self._wait,
+            stop=stop_after_attempt(self.settings.retry_attempts),
+            before_sleep=self._log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    if await self.ledger.halted():
+                        raise Halted
+                    await self.limiter.acquire()
+                return await self.client.send(c.source, r.destination, c.text)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    @staticmethod
+    def _log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info(
+            "retrying",
+            attempt=state.attempt_number,
+            error=type(exc).__name__,
+            status=getattr(exc, "status", None),
+            wait_s=round(state.upcoming_sleep, 2),
+        )
+
+    async def _release(self, c: Campaign, r: Record, result: BatchResult) -> None:
+        if await self.ledger.release(c, r):
+            result.released += 1
+
+    @staticmethod
+    def _not_claimed(outcome: list[str], result: BatchResult) -> None:
+        kind = outcome[0]
+        if kind == "paused":
+            result.stopped = PAUSED
+        elif kind == "halted":
+            result.stopped = HALTED
+        elif kind == "expired":
+            result.expired += 1
+            result.sweeping = True
+        elif kind == "cancelled":
+            result.cancelled += 1
+            result.sweeping = True
+        else:
+            result.skipped += 1

@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
+	@[ -n "$$SMSQ_REDIS_URL" ] || ops/require-redis.sh
 	@$(BIN)/python -m ops.demo
 
 test: $(STAMP)

@@ -316,8 +316,13 @@ class Ledger:
             return None
         now = int(time.time())
         seconds = range(now - RATE_WINDOW_S, now)
-        posted = await self.redis.mget([keys.posted(cid, s) for s in seconds])
-        rate = sum(int(p) for p in posted if p) / RATE_WINDOW_S
+        posted = [
+            int(p or 0) for p in await self.redis.mget([keys.posted(cid, s) for s in seconds])
+        ]
+        # Average from the first busy second in the window, so a campaign that started
+        # three seconds ago is not shown at a third of its rate.
+        busy = next((i for i, p in enumerate(posted) if p), None)
+        rate = sum(posted) / (len(posted) - busy) if busy is not None else 0.0
         return Status(c, await self.counts(cid), rate)
 
     async def set_state(self, cid: str, state: CampaignState) -> bool:

@@ -988,6 +988,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # httpx logs every callback POST at INFO: a thousand lines a second under load.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         asyncio.run(_serve_until_signalled(config))
     except OSError as exc:

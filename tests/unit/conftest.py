@@ -8,7 +8,6 @@ coroutine from the shared ``FakeServer``, so the sync helpers here see the same 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -89,63 +88,67 @@ def make_ledger(
     return make
 
 
-CampaignFactory = Callable[..., str]
+_made = 0
+
+
+def write_campaign(
+    client: fakeredis.FakeRedis,
+    destinations: list[str] | int = 3,
+    *,
+    batch_size: int = 100,
+    ttl_s: float = 3600.0,
+    state: CampaignState = CampaignState.ACTIVE,
+    source: str = SOURCE,
+    text: str = TEXT,
+    name: str = "test",
+) -> str:
+    """Write a campaign the way producer/enqueue.py does; returns its id.
+
+    ``destinations`` is a list of numbers, or how many to make up.
+    """
+    global _made
+    _made += 1
+    if isinstance(destinations, int):
+        destinations = [f"3706{i:07d}" for i in range(destinations)]
+    cid = f"c{_made:06d}"
+    total = len(destinations)
+    batches = (total + batch_size - 1) // batch_size
+    now_s, now_us = client.time()
+    created_at = now_s + now_us / 1_000_000
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, total, batch_size):
+        chunk = destinations[start : start + batch_size]
+        pipe.hset(
+            keys.batch(cid, start // batch_size),
+            mapping={start + i: encode_record(State.QUEUED, d) for i, d in enumerate(chunk)},
+        )
+    pipe.hset(keys.counts(cid), str(State.QUEUED), total)
+    pipe.hset(
+        keys.campaign(cid),
+        mapping={
+            "source": source,
+            "text": text,
+            "name": name,
+            "total": total,
+            "batch_size": batch_size,
+            "batches": batches,
+            "created_at": f"{created_at:.3f}",
+            "expires_at": f"{created_at + ttl_s:.3f}",
+            "state": str(state),
+            "encoding": "GSM-7",
+            "segments": 1,
+            "priority": "1" if total == 1 else "0",
+        },
+    )
+    pipe.zadd(keys.campaigns(), {cid: created_at})
+    pipe.execute()
+    return cid
 
 
 @pytest.fixture
-def make_campaign(sync_redis: fakeredis.FakeRedis) -> CampaignFactory:
-    """Write a campaign the way producer/enqueue.py does; returns its id."""
-    made = 0
-
-    def make(
-        destinations: list[str] | int = 3,
-        *,
-        batch_size: int = 100,
-        ttl_s: float = 3600.0,
-        state: CampaignState = CampaignState.ACTIVE,
-        source: str = SOURCE,
-        text: str = TEXT,
-        name: str = "test",
-    ) -> str:
-        nonlocal made
-        made += 1
-        if isinstance(destinations, int):
-            destinations = [f"3706{i:07d}" for i in range(destinations)]
-        cid = f"c{made:04d}{int(time.time() * 1000) % 100000:05d}"
-        total = len(destinations)
-        batches = (total + batch_size - 1) // batch_size
-        now_s, now_us = sync_redis.time()
-        created_at = now_s + now_us / 1_000_000
-        pipe = sync_redis.pipeline(transaction=False)
-        for start in range(0, total, batch_size):
-            chunk = destinations[start : start + batch_size]
-            pipe.hset(
-                keys.batch(cid, start // batch_size),
-                mapping={start + i: encode_record(State.QUEUED, d) for i, d in enumerate(chunk)},
-            )
-        pipe.hset(keys.counts(cid), str(State.QUEUED), total)
-        pipe.hset(
-            keys.campaign(cid),
-            mapping={
-                "source": source,
-                "text": text,
-                "name": name,
-                "total": total,
-                "batch_size": batch_size,
-                "batches": batches,
-                "created_at": f"{created_at:.3f}",
-                "expires_at": f"{created_at + ttl_s:.3f}",
-                "state": str(state),
-                "encoding": "GSM-7",
-                "segments": 1,
-                "priority": "1" if total == 1 else "0",
-            },
-        )
-        pipe.zadd(keys.campaigns(), {cid: created_at})
-        pipe.execute()
-        return cid
-
-    return make
+def make_campaign(sync_redis: fakeredis.FakeRedis) -> Callable[..., str]:
+    """write_campaign on this test's server."""
+    return lambda *args, **kwargs: write_campaign(sync_redis, *args, **kwargs)
 
 
 @pytest.fixture

@@ -1,0 +1,106 @@
+"""Operator control for real: a revoked password halts every worker until a probe succeeds;
+pause, resume and cancel act on one campaign."""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+from tests.integration.conftest import write_numbers
+
+
+def _accepted(stack) -> int:
+    return int(stack.sim("stats")["accepted"])
+
+
+def test_401_halts_all_workers_until_a_probe_succeeds(make_stack, tmp_path: Path):
+    stack = make_stack(rate_per_s=60)
+    stack.start_callbacks()
+    stack.start_simulator("--latency-ms", "5", "--callback-delay-ms", "50")
+    stack.start_worker("one")
+    stack.start_worker("two")
+    numbers = write_numbers(tmp_path / "n.csv", 400)
+    cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
+    stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 60)
+
+    stack.sim("config", {"password": "revoked"})
+    time.sleep(2.0)
+    halted_at = _accepted(stack)
+    requests_at = len(stack.sim("requests"))
+    time.sleep(3.0)
+    assert _accepted(stack) == halted_at, "a worker kept posting after the 401"
+    # In 3 s with a 1 s probe interval: at most one probe per interval, from all workers.
+    assert len(stack.sim("requests")) - requests_at <= 4
+    status = stack.status(cid)
+    assert status["counts"]["queued"] > 0
+    assert status["counts"]["failed"] == status["counts"]["rejected"] == 0
+    alerts = [e for e in stack.events() if e["type"] == "auth_failed"]
+    assert len(alerts) == 1 and alerts[0]["detail"] == "Authorization failed"
+
+    stack.sim("config", {"password": stack.settings_env["SMSQ_DIDWW_PASSWORD"]})
+    status = stack.wait_done(cid, timeout_s=60)
+    assert status["counts"]["sent"] == 400
+    assert any(e["type"] == "auth_restored" for e in stack.events())
+    per_destination = collections.Counter(m["destination"] for m in stack.sim("messages"))
+    assert set(per_destination) == set(numbers) and set(per_destination.values()) == {1}
+
+
+def test_resume_command_lifts_a_halt(make_stack, tmp_path: Path):
+    stack = make_stack(rate_per_s=100, SMSQ_PROBE_INTERVAL_S="3600")
+    stack.start_callbacks()
+    stack.start_simulator("--callback-delay-ms", "50", "--password", "wrong")
+    stack.start_worker("one")
+    write_numbers(tmp_path / "n.csv", 50)
+    cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
+    time.sleep(2.0)
+    assert stack.status(cid)["counts"]["queued"] == 50
+    assert any(e["type"] == "auth_failed" for e in stack.events())
+
+    stack.sim("config", {"password": stack.settings_env["SMSQ_DIDWW_PASSWORD"]})
+    result = stack.smsq("resume", cid)
+    assert result.returncode == 0, result.stderr
+    assert stack.wait_done(cid, timeout_s=30)["counts"]["sent"] == 50
+
+
+def test_pause_stops_posting_and_resume_finishes(make_stack, tmp_path: Path):
+    stack = make_stack(rate_per_s=50)
+    stack.start_callbacks()
+    stack.start_simulator("--latency-ms", "5", "--callback-delay-ms", "50")
+    stack.start_worker("one", concurrency=2)
+    write_numbers(tmp_path / "n.csv", 300)
+    cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
+    stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 30)
+
+    assert stack.smsq("pause", cid).returncode == 0
+    time.sleep(1.0)
+    paused_at = _accepted(stack)
+    time.sleep(2.0)
+    assert _accepted(stack) == paused_at
+    assert stack.status(cid)["state"] == "paused"
+
+    assert stack.smsq("resume", cid).returncode == 0
+    status = stack.wait_done(cid, timeout_s=60)
+    assert status["counts"]["sent"] == 300 and _accepted(stack) == 300
+
+
+def test_cancel_cancels_queued_messages_and_posts_none_of_them(make_stack, tmp_path: Path):
+    stack = make_stack(rate_per_s=40)
+    stack.start_callbacks()
+    stack.start_simulator("--callback-delay-ms", "50")
+    stack.start_worker("one")
+    write_numbers(tmp_path / "n.csv", 400)
+    cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
+    stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 20)
+
+    result = stack.smsq("cancel", cid)
+    assert result.returncode == 0, result.stderr
+    status = stack.wait_done(cid, timeout_s=30)
+    counts = status["counts"]
+    posted = _accepted(stack)
+    time.sleep(1.5)
+    assert _accepted(stack) == posted
+    assert counts["cancelled"] > 0
+    assert counts["cancelled"] + counts["sent"] == 400 and posted == counts["sent"]
+    cancelled_events = [e for e in stack.events() if e["type"] == "cancelled"]
+    assert len(cancelled_events) == counts["cancelled"]

@@ -24,11 +24,23 @@ class InvalidCallback(ValueError):
     """The body is not a valid outbound_message_callbacks document; says why."""
 
 
+def _is_text(value: Any, max_chars: int) -> bool:
+    """A non-empty string that fits and can be stored: JSON's \\ud800 escapes decode to lone
+    surrogates, which UTF-8 cannot encode, so Redis could not take them."""
+    if not isinstance(value, str) or not value or len(value) > max_chars:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _string(attrs: dict[str, Any], name: str, required: bool = True) -> str | None:
     value = attrs.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_FIELD_CHARS:
+    if not _is_text(value, MAX_FIELD_CHARS):
         raise InvalidCallback(f"attributes.{name} must be a non-empty string")
     return value
 
@@ -55,13 +67,14 @@ def parse(body: bytes) -> CallbackUpdate:
     if data.get("type") != "outbound_message_callbacks":
         raise InvalidCallback("data.type must be outbound_message_callbacks")
     didww_id = data.get("id")
-    if not isinstance(didww_id, str) or not didww_id or len(didww_id) > MAX_ID_CHARS:
+    if not _is_text(didww_id, MAX_ID_CHARS):
         raise InvalidCallback("data.id must be a non-empty string")
     attrs = data.get("attributes")
     if not isinstance(attrs, dict):
         raise InvalidCallback("data.attributes must be an object")
     status = attrs.get("status")
-    if status not in FINAL_STATES:
+    # A list or object here is unhashable: check the type before the lookup.
+    if not isinstance(status, str) or status not in FINAL_STATES:
         raise InvalidCallback(f"attributes.status must be one of {', '.join(FINAL_STATES)}")
     code_id = _integer(attrs, "code_id")
     # The seed spells the end time both ways; take whichever is present.

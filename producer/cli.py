@@ -22,7 +22,7 @@ from ledger.dispatch import dispatch
 from ledger.errors import ConfigError, InputError, SmsqError
 from ledger.logs import configure_logging
 from ledger.settings import Settings, load_settings
-from ledger.states import ALL_STATES, CampaignState
+from ledger.states import ALL_STATES, PENDING, CampaignState
 from ledger.store import Ledger, Status
 from producer.enqueue import EnqueueResult, Producer
 from producer.numbers import NumbersResult, normalize_many
@@ -160,23 +160,19 @@ def _report_rejections(numbers: NumbersResult) -> None:
 def _wait(settings: Settings, cid: str, show: bool) -> Status:
     async def work(ledger: Ledger) -> Status:
         status = await _status_or_fail(ledger, cid)
-        bar = click.progressbar(length=status.campaign.total, label="settling", file=sys.stderr)
-        if show:
-            bar.__enter__()
-        settled = 0
-        while True:
-            pending = sum(status.counts[s] for s in ("queued", "sending", "accepted"))
-            now_settled = status.campaign.total - pending
-            if show:
-                bar.update(now_settled - settled)
-            settled = now_settled
-            if status.done:
-                break
-            await asyncio.sleep(WAIT_POLL_S)
-            status = await _status_or_fail(ledger, cid)
-        if show:
-            bar.__exit__(None, None, None)
-        return status
+        total = status.campaign.total
+        bar = click.progressbar(length=total, label="settling", file=sys.stderr)
+        with bar if show else contextlib.nullcontext(bar):
+            settled = 0
+            while True:
+                now_settled = total - sum(status.counts[s] for s in PENDING)
+                if show:
+                    bar.update(now_settled - settled)
+                settled = now_settled
+                if status.done:
+                    return status
+                await asyncio.sleep(WAIT_POLL_S)
+                status = await _status_or_fail(ledger, cid)
 
     return _run(settings, work)
 

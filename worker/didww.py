@@ -35,7 +35,8 @@ def _detail(response: httpx.Response) -> str:
     try:
         errors = response.json().get("errors") or []
         details = [str(e.get("detail") or e.get("title")) for e in errors if isinstance(e, dict)]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
+        # TypeError: an "errors" member that is not a list, e.g. a number.
         details = []
     return "; ".join(d for d in details if d) or f"HTTP {response.status_code}"
 
@@ -60,10 +61,14 @@ def raise_for_response(response: httpx.Response) -> str:
     status = response.status_code
     if status == 201:
         try:
-            return str(response.json()["data"]["id"])
+            message_id = response.json()["data"]["id"]
         except (ValueError, KeyError, TypeError) as exc:
             # DIDWW took the message but we cannot tell which id: treat like a lost answer.
             raise Ambiguous("201 without a readable message id", status) from exc
+        # A null or empty id would index every such message under the same key.
+        if isinstance(message_id, bool) or not (message_id and isinstance(message_id, str | int)):
+            raise Ambiguous("201 without a readable message id", status)
+        return str(message_id)
     detail = _detail(response)
     if status == 401:
         raise AuthFailed(detail, status)

@@ -9,6 +9,7 @@ opens; a reserved slot is exact, needs one round trip, and serves waiters in ord
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,6 +20,9 @@ from ledger.scripts import register
 # A coroutine may hold a slot at most this far ahead; beyond it waits and asks again,
 # so a priority message is never queued behind seconds of reserved campaign slots.
 MAX_AHEAD_S = 0.5
+# A slot older than this when the request is about to go is stale (see keep_fresh).
+LATE_TOLERANCE_S = 0.005
+MAX_RESLOTS = 3
 
 
 class RateLimiter:
@@ -30,8 +34,16 @@ class RateLimiter:
 
     async def acquire(self) -> float:
         """Wait for this request's slot; returns the seconds spent waiting."""
+        return (await self._reserve())[1]
+
+    async def acquire_slot(self) -> float:
+        """Wait for this request's slot; returns when it began (time.monotonic())."""
+        return (await self._reserve())[0]
+
+    async def _reserve(self) -> tuple[float, float]:
         waited_s = 0.0
         while True:
+            asked = time.monotonic()
             granted, wait_us = await self._script(
                 keys=[keys.rate_limiter()], args=[self.interval_us, self.max_ahead_us]
             )
@@ -40,4 +52,16 @@ class RateLimiter:
                 await asyncio.sleep(wait_s)
             waited_s += wait_s
             if granted:
-                return waited_s
+                return asked + wait_s, waited_s
+
+    async def keep_fresh(self, slot_at: float) -> float:
+        """Take a new slot if this one is already past by more than LATE_TOLERANCE_S.
+
+        A request that reaches DIDWW late crowds the next second's requests; under CPU load
+        an event loop wakes sleepers late, so a stale slot is traded for a new one (a few
+        times at most, so a slow loop still makes progress)."""
+        for _ in range(MAX_RESLOTS):
+            if time.monotonic() - slot_at <= LATE_TOLERANCE_S:
+                break
+            slot_at = await self.acquire_slot()
+        return slot_at

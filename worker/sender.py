@@ -105,8 +105,7 @@ class Sender:
 
     async def _send_one(self, c: Campaign, r: Record, result: BatchResult) -> None:
         structlog.contextvars.bind_contextvars(campaign_id=c.id, message_id=c.message_id(r.index))
-        if not result.sweeping:
-            await self.limiter.acquire()
+        slot_at = None if result.sweeping else await self.limiter.acquire_slot()
         if result.stopped is not None:
             return
         outcome = await self.ledger.claim(c, r)
@@ -114,7 +113,7 @@ class Sender:
             self._not_claimed(outcome, result)
             return
         try:
-            didww_id = await self._post(c, r)
+            didww_id = await self._post(c, r, slot_at)
         except Rejected as exc:
             await self.ledger.reject(c, r, exc.detail)
             result.rejected += 1
@@ -141,7 +140,7 @@ class Sender:
             result.accepted += 1
             log.info("message_accepted", settled=joined[1] if len(joined) > 1 else None)
 
-    async def _post(self, c: Campaign, r: Record) -> str:
+    async def _post(self, c: Campaign, r: Record, slot_at: float | None) -> str:
         """POST with tenacity retries by error class; each retry takes a new rate slot."""
         async for attempt in AsyncRetrying(
             retry=self._retry,
@@ -154,7 +153,10 @@ class Sender:
                 if attempt.retry_state.attempt_number > 1:
                     if await self.ledger.halted():
                         raise Halted
-                    await self.limiter.acquire()
+                    slot_at = await self.limiter.acquire_slot()
+                elif slot_at is None:
+                    slot_at = await self.limiter.acquire_slot()
+                await self.limiter.keep_fresh(slot_at)
                 return await self.client.send(c.source, r.destination, c.text)
         raise AssertionError("unreachable: tenacity reraises the last error")
 

@@ -13,9 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from smsq_testing import PASSWORD, make_settings
 
-from tests.unit.conftest import PASSWORD, make_settings
-from worker.didww import DidwwClient
+from worker.didww import DidwwClient, raise_for_response
 from worker.errors import (
     Ambiguous,
     AuthFailed,
@@ -124,10 +127,49 @@ def test_rejected_without_a_readable_body_names_the_status() -> None:
     assert error.detail == "HTTP 400"
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"errors": 5}', b'{"errors": true}', b'{"errors": "x"}', b"null", b"\xff\xfe"]
+)
+def test_rejected_with_an_odd_errors_member_still_maps(body: bytes) -> None:
+    error = raised(lambda _: httpx.Response(400, content=body))
+    assert isinstance(error, Rejected)
+    assert error.detail == "HTTP 400"
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(
+    status=st.sampled_from([201, 400, 401, 415, 429, 503]) | st.integers(200, 599),
+    body=st.one_of(
+        st.binary(max_size=100),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.sampled_from(["data", "id", "errors", "detail"]), inner)
+            ),
+            max_leaves=8,
+        ).map(lambda v: json.dumps(v).encode()),
+    ),
+    retry_after=st.none()
+    | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+    | st.sampled_from(["0", "1.5", "-3", "Wed, 21 Oct 2015 07:28:00 GMT", "inf", "nan"]),
+)
+def test_every_response_maps_to_an_id_or_a_didww_error(
+    status: int, body: bytes, retry_after: str | None
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    response = httpx.Response(status, content=body, headers=headers)
+    try:
+        message_id = raise_for_response(response)
+    except DidwwError as exc:
+        assert status != 201 or isinstance(exc, Ambiguous)
+    else:
+        assert status == 201
+        assert isinstance(message_id, str) and message_id not in {"", "None"}
+
+
 def test_401_is_auth_failed() -> None:
-    error = raised(
-        lambda _: httpx.Response(401, json=errors_body("Authorization failed", 401))
-    )
+    error = raised(lambda _: httpx.Response(401, json=errors_body("Authorization failed", 401)))
     assert type(error) is AuthFailed
     assert error.detail == "Authorization failed"
     assert not isinstance(error, Retryable)
@@ -182,9 +224,7 @@ def _raising(exc_type: type[httpx.TransportError]) -> Handler:
     return handler
 
 
-@pytest.mark.parametrize(
-    "exc_type", [httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout]
-)
+@pytest.mark.parametrize("exc_type", [httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout])
 def test_errors_before_sending_are_not_sent(exc_type: type[httpx.TransportError]) -> None:
     error = raised(_raising(exc_type))
     assert type(error) is NotSent
@@ -201,8 +241,30 @@ def test_errors_after_sending_are_ambiguous(exc_type: type[httpx.TransportError]
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b"{}", b'{"data": {}}', b'{"data": null}', b"[]"],
-    ids=["not-json", "empty", "no-id", "null-data", "list"],
+    [
+        b"not json",
+        b"{}",
+        b'{"data": {}}',
+        b'{"data": null}',
+        b"[]",
+        b'{"data": "x"}',
+        b'{"data": {"id": null}}',
+        b'{"data": {"id": ""}}',
+        b'{"data": {"id": {"a": 1}}}',
+        b'{"data": {"id": true}}',
+    ],
+    ids=[
+        "not-json",
+        "empty",
+        "no-id",
+        "null-data",
+        "list",
+        "string-data",
+        "null-id",
+        "empty-id",
+        "object-id",
+        "bool-id",
+    ],
 )
 def test_201_without_a_readable_id_is_ambiguous(body: bytes) -> None:
     error = raised(lambda _: httpx.Response(201, content=body))

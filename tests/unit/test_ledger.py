@@ -11,14 +11,15 @@ from typing import Any
 
 import fakeredis
 import fakeredis.aioredis
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from smsq_testing import SOURCE, make_settings, write_campaign
 
 from callbacks.document import parse
 from ledger import keys
 from ledger.states import TERMINAL, CampaignState, State, can_move
 from ledger.store import CallbackUpdate, Campaign, Ledger, Record
-from tests.unit.conftest import SOURCE, make_settings, write_campaign
 
 CALLBACK_FIELDS = ("status", "code_id", "reason", "fragments_sent", "time_start", "time_end")
 
@@ -585,7 +586,7 @@ OPS = st.lists(
 )
 
 
-@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS)
 def test_counts_always_sum_to_total_and_states_only_move_forward(
     ops: list[tuple[str, int]],

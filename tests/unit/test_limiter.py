@@ -4,6 +4,7 @@ and nobody reserves further ahead than max_ahead."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -63,10 +64,10 @@ def test_concurrent_acquisitions_are_spaced_by_the_interval(server) -> None:
     assert len(calls) == n and all(c.granted for c in calls)
     # Exact, on Redis's clock: each reservation took the slot after the previous one.
     slots_us = [c.next_slot_us - INTERVAL_US for c in calls]
-    assert all(b - a == INTERVAL_US for a, b in zip(slots_us, slots_us[1:], strict=False))
+    assert all(b - a == INTERVAL_US for a, b in itertools.pairwise(slots_us))
     # From the waits the callers saw: reserved times never closer than one interval.
     reserved_s = sorted(c.started_s + c.wait_us / 1e6 for c in calls)
-    gaps = [b - a for a, b in zip(reserved_s, reserved_s[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(reserved_s)]
     assert min(gaps) >= INTERVAL_S - TOLERANCE_S
     assert sorted(round(w * 1e6) for w in waits) == sorted(c.wait_us for c in calls)
     # At most one slot in any one interval: n slots need (n - 1) intervals.
@@ -86,7 +87,7 @@ def test_sequential_acquisitions_wait_out_the_interval(server) -> None:
         return done
 
     done = asyncio.run(go())
-    gaps = [b - a for a, b in zip(done, done[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(done)]
     assert min(gaps) >= INTERVAL_S - TOLERANCE_S
 
 
@@ -126,7 +127,7 @@ def test_max_ahead_makes_callers_wait_and_ask_again(server) -> None:
     assert all(c.wait_us > 0 for c in refused)
     # A refusal reserves nothing: the slots stay exactly one interval apart.
     slots_us = sorted(c.next_slot_us - INTERVAL_US for c in granted)
-    assert all(b - a == INTERVAL_US for a, b in zip(slots_us, slots_us[1:], strict=False))
+    assert all(b - a == INTERVAL_US for a, b in itertools.pairwise(slots_us))
     for c in refused:
         assert c.next_slot_us in {g.next_slot_us for g in granted}
 

@@ -5,6 +5,7 @@ Each test starts its own simulator on a free port and talks to it with httpx, as
 
 from __future__ import annotations
 
+import functools
 import json
 import selectors
 import signal
@@ -100,9 +101,17 @@ def client_for() -> Iterator[Callable[..., httpx.Client]]:
 
 
 class Receiver:
-    """A tiny callback endpoint; answers 503 to its first `failures` POSTs, then 204."""
+    """A tiny callback endpoint; answers 503 to its first `failures` POSTs, then 204.
 
-    def __init__(self, failures: int = 0) -> None:
+    `close_connections` answers with Connection: close; `idle_timeout_s` drops idle connections.
+    """
+
+    def __init__(
+        self,
+        failures: int = 0,
+        close_connections: bool = False,
+        idle_timeout_s: float | None = None,
+    ) -> None:
         self.callbacks: list[tuple[str, dict[str, Any]]] = []
         self.failures_left = failures
         self.lock = threading.Lock()
@@ -110,6 +119,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = idle_timeout_s
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -121,6 +131,8 @@ class Receiver:
                         receiver.callbacks.append((self.headers["Content-Type"], json.loads(body)))
                 self.send_response(503 if failed else 204)
                 self.send_header("Content-Length", "0")
+                if close_connections:
+                    self.send_header("Connection", "close")
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -128,7 +140,9 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll keeps shutdown() from waiting half a second per test.
+        serve = functools.partial(self.server.serve_forever, poll_interval=0.02)
+        self.thread = threading.Thread(target=serve, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/didww/callbacks"
 
@@ -146,8 +160,8 @@ class Receiver:
 def receiver_for() -> Iterator[Callable[..., Receiver]]:
     receivers: list[Receiver] = []
 
-    def make(failures: int = 0) -> Receiver:
-        receivers.append(Receiver(failures))
+    def make(**settings: Any) -> Receiver:
+        receivers.append(Receiver(**settings))
         return receivers[-1]
 
     yield make
@@ -388,8 +402,11 @@ def test_admin_endpoints_report_and_reset(start, client_for) -> None:
     assert client.get("/_sim/stats").json()["requests"] == 0
 
 
-def test_callbacks_carry_the_seed_document(start, client_for, receiver_for) -> None:
-    receiver = receiver_for()
+@pytest.mark.parametrize("close_connections", [False, True])
+def test_callbacks_carry_the_seed_document(
+    start, client_for, receiver_for, close_connections
+) -> None:
+    receiver = receiver_for(close_connections=close_connections)
     sim = start(callback_url=receiver.url, callback_delay_ms=20, end_time_key="random", seed=7)
     client = client_for(sim)
     contents = {
@@ -463,6 +480,20 @@ def test_callbacks_are_retried_after_5xx_and_counted(start, client_for, receiver
     assert len(receiver.callbacks) == 1
     assert sim.stats["callbacks_retried"] == 2
     assert sim.stats["callbacks_failed"] == 0
+
+
+def test_callbacks_survive_the_receiver_closing_idle_connections(
+    start, client_for, receiver_for
+) -> None:
+    receiver = receiver_for(idle_timeout_s=0.05)
+    sim = start(callback_url=receiver.url, callback_delay_ms=0, callback_concurrency=1)
+    client = client_for(sim)
+    for n in range(1, 4):
+        assert post(client, document()).status_code == 201
+        wait_for(lambda n=n: sim.stats["callbacks_delivered"] == n)
+        time.sleep(0.2)
+    assert len(receiver.callbacks) == 3
+    assert sim.stats["callbacks_retried"] == 0
 
 
 def test_callbacks_to_an_unreachable_receiver_are_counted_as_failed(start, client_for) -> None:

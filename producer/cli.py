@@ -120,20 +120,19 @@ def send(
     finally:
         producer.close()
     if as_json:
-        click.echo(json.dumps(result.as_dict()))
-    else:
-        _report_rejections(numbers)
-        click.echo(
-            f"campaign {result.campaign_id}: {result.queued} queued, {result.rejected} "
-            f"rejected, {result.duplicates} duplicates; {result.segments} segment(s) each "
-            f"({result.encoding})"
-        )
+        out = result.as_dict()
+        if wait:
+            out["status"] = _wait(settings, result.campaign_id, show=False).as_dict()
+        click.echo(json.dumps(out))
+        return
+    _report_rejections(numbers)
+    click.echo(
+        f"campaign {result.campaign_id}: {result.queued} queued, {result.rejected} "
+        f"rejected, {result.duplicates} duplicates; {result.segments} segment(s) each "
+        f"({result.encoding})"
+    )
     if wait:
-        status = _wait(settings, result.campaign_id, show=not as_json)
-        if as_json:
-            click.echo(json.dumps(status.as_dict()))
-        else:
-            _print_status(status)
+        _print_status(_wait(settings, result.campaign_id, show=True))
 
 
 def _enqueue(

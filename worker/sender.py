@@ -56,17 +56,18 @@ class BatchResult:
 
 
 class _WaitRetryAfter:
-    """Honour a 429's Retry-After (plus a little jitter); else exponential backoff with jitter."""
+    """Honour a 429's Retry-After, never retrying sooner (plus a little jitter, so waiting
+    requests do not return together); else exponential backoff with jitter."""
 
-    def __init__(self, max_wait_s: float) -> None:
-        self.max_wait_s = max_wait_s
+    def __init__(self, max_wait_s: float, longest_s: float) -> None:
         self.backoff = wait_random_exponential(multiplier=0.5, max=max_wait_s)
+        self.longest_s = longest_s
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
-            return float(min(retry_after, self.max_wait_s) + random.uniform(0, 0.5))
+            return float(min(retry_after, self.longest_s) + random.uniform(0, 0.5))
         return float(self.backoff(state))
 
 
@@ -82,7 +83,9 @@ class Sender:
         if settings.ambiguous == "resend":
             retry_on = (Retryable, Ambiguous)
         self._retry = retry_if_exception_type(retry_on)
-        self._wait = _WaitRetryAfter(settings.retry_max_wait_s)
+        # Retry-After is honoured up to SMSQ_RETRY_LATER_S; a longer one (not seen from DIDWW)
+        # is cut there rather than holding a worker's coroutine for minutes.
+        self._wait = _WaitRetryAfter(settings.retry_max_wait_s, float(settings.retry_later_s))
 
     async def send_batch(self, cid: str, batch_no: int) -> BatchResult:
         result = BatchResult(cid, batch_no)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import httpx
+
 from tests.integration.conftest import SOURCE, max_in_any_window, write_numbers
 
 CAMPAIGN_SIZE = 1200
@@ -70,3 +72,52 @@ def test_campaign_reaches_didww_once_per_number_within_the_rate(make_stack, tmp_
     assert counts["sent"] + counts["failed"] == CAMPAIGN_SIZE
     assert counts["failed"] == sum(1 for c in callbacks.values() if c["status"] != "Success")
     assert status["done"] is True
+
+
+def test_callbacks_that_beat_the_201_are_kept_and_joined(make_stack, tmp_path: Path):
+    """With the API answering after 400 ms and callbacks sent after 20 ms, every callback
+    reaches the ingester before the worker has stored the DIDWW id."""
+    stack = make_stack(rate_per_s=100)
+    stack.start_callbacks()
+    stack.start_simulator("--latency-ms", "400", "--callback-delay-ms", "20")
+    stack.start_worker("one")
+    write_numbers(tmp_path / "n.csv", 60)
+    cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
+    status = stack.wait_done(cid, timeout_s=60)
+
+    assert status["counts"]["sent"] == 60
+    client = stack.redis()
+    try:
+        stats = {k.decode(): int(v) for k, v in client.hgetall("smsq:stats").items()}
+        assert client.keys("smsq:orphan:*") == []
+    finally:
+        client.close()
+    assert stats["orphans_kept"] == stats["orphans_joined"] == 60
+    events = stack.events()
+    assert sum(e["type"] == "sent" for e in events) == 60
+    assert sum(e["type"] == "accepted" for e in events) == 60
+
+
+def test_no_secret_in_any_log_or_event(make_stack, tmp_path: Path):
+    stack = make_stack(rate_per_s=200, SMSQ_LOG_LEVEL="DEBUG")
+    stack.start_callbacks()
+    stack.start_simulator("--callback-delay-ms", "20", "--fail-5xx", "0.1", "--fail-429", "0.1")
+    stack.start_worker("one")
+    write_numbers(tmp_path / "n.csv", 100)
+    cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
+    stack.wait_done(cid, timeout_s=60)
+    # A wrong token is refused and not echoed either.
+    refused = httpx.post(f"{stack.callbacks_url}/callbacks?token=nope", json={})
+    assert refused.status_code == 401
+
+    password = stack.settings_env["SMSQ_DIDWW_PASSWORD"]
+    token = stack.settings_env["SMSQ_CALLBACK_TOKEN"]
+    logs = {p.name: p.read_text() for p in [w.log_path for w in stack.workers]}
+    logs["callbacks"] = stack.callbacks.log()
+    assert "retrying" in logs[stack.workers[0].log_path.name]
+    assert "callback_handled" in logs["callbacks"]
+    for name, text in logs.items():
+        assert password not in text, name
+        assert token not in text, name
+    events_text = str(stack.events())
+    assert password not in events_text and token not in events_text

@@ -24,11 +24,21 @@ class _Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = [s for s in secrets if s]
 
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+    def scrub(self, value: Any) -> Any:
+        """Redact secrets in a value, looking inside dicts, lists and tuples."""
+        if isinstance(value, str):
+            for secret in self.secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if str(k).lower() in SECRET_KEYS else self.scrub(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub(v) for v in value)
+        return value
 
     def __call__(
         self, _logger: Any, _name: str, event: MutableMapping[str, Any]
@@ -38,7 +48,7 @@ class _Redactor:
         for key, value in list(event.items()):
             if key.lower() in SECRET_KEYS:
                 event[key] = REDACTED
-            elif isinstance(value, str) and self.secrets:
+            else:
                 event[key] = self.scrub(value)
         return event
 

@@ -116,3 +116,17 @@ def test_level_filters_and_httpx_is_quiet(capsys: pytest.CaptureFixture[str]) ->
     logging.getLogger("httpx").info("HTTP Request: POST https://u:x@didww")
     structlog.stdlib.get_logger("smsq.test").warning("shown")
     assert [line["event"] for line in lines(capsys.readouterr().err)] == ["shown"]
+
+
+def test_secrets_nested_in_dicts_and_lists_are_redacted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(secrets=["pw-NESTED"], json=True)
+    structlog.stdlib.get_logger("smsq.test").info(
+        "request",
+        headers={"Authorization": "Basic xyz", "X": "pw-NESTED!"},
+        args=["a", ("pw-NESTED", 1)],
+    )
+    [line] = lines(capsys.readouterr().err)
+    assert line["headers"] == {"Authorization": REDACTED, "X": f"{REDACTED}!"}
+    assert line["args"] == ["a", [REDACTED, 1]]

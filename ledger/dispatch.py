@@ -7,11 +7,14 @@ package defines the tasks themselves.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu import Exchange, Queue
 
 from ledger.settings import Settings
+
+if TYPE_CHECKING:
+    from ledger.store import Ledger
 
 SEND_BATCH = "smsq.send_batch"
 PRIORITY_QUEUE = "smsq.priority"
@@ -58,3 +61,14 @@ def dispatch(app: Any, cid: str, batches: Iterable[int], *, priority: bool = Fal
             app.send_task(SEND_BATCH, args=[cid, batch_no], queue=queue, producer=producer)
             count += 1
     return count
+
+
+async def redispatch_parked(app: Any, ledger: Ledger) -> int:
+    """Publish a task for every batch that still has queued messages, in active campaigns:
+    after a halt is lifted, the batches that stopped for it have no task left."""
+    published = 0
+    for c in await ledger.active_campaigns():
+        if c.state == "active":
+            batches = await ledger.batches_with_queued(c)
+            published += dispatch(app, c.id, batches, priority=c.priority)
+    return published

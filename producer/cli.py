@@ -18,7 +18,7 @@ import redis
 from redis.asyncio import Redis
 
 from ledger import events
-from ledger.dispatch import dispatch
+from ledger.dispatch import dispatch, redispatch_parked
 from ledger.errors import ConfigError, InputError, SmsqError
 from ledger.logs import configure_logging
 from ledger.settings import Settings, load_settings
@@ -224,7 +224,9 @@ def resume(campaign: str) -> None:
     async def work(ledger: Ledger) -> tuple[bool, int]:
         if not await ledger.set_state(campaign, CampaignState.ACTIVE):
             return False, 0
-        await ledger.clear_halt(f"resumed by an operator (campaign {campaign})")
+        if await ledger.clear_halt(f"resumed by an operator (campaign {campaign})"):
+            # Every campaign's batches stopped for the halt, not just this one's.
+            return True, await redispatch_parked(producer.celery, ledger)
         c = await ledger.campaign(campaign)
         assert c is not None
         batches = await ledger.batches_with_queued(c)

@@ -65,6 +65,13 @@ class Producer:
     def validate(self, source: str, text: str) -> tuple[str, Any]:
         if not text or not text.strip():
             raise InputError("the message text is empty")
+        for label, value in (("message text", text), ("source", source)):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(
+                    f"the {label} is not valid UTF-8 text (check the terminal's encoding)"
+                ) from None
         try:
             source = normalize(source)
         except InvalidNumber as exc:
@@ -89,6 +96,11 @@ class Producer:
     ) -> EnqueueResult:
         """Store and queue a campaign for already-parsed numbers; raises InputError if none."""
         source, info = self.validate(source, text)
+        if name is not None:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError("the campaign name is not valid UTF-8 text") from None
         if not numbers.numbers:
             raise InputError(f"no valid destination number ({len(numbers.rejections)} rejected)")
         ttl_s = ttl_s or self.settings.ttl_s
@@ -124,7 +136,7 @@ class Producer:
             )
             pipe.zadd(keys.campaigns(), {cid: created_at})
             pipe.execute()
-        except redis.RedisError:
+        except BaseException:
             self._discard(cid, batches)
             raise
         try:

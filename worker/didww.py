@@ -146,6 +146,9 @@ class DidwwClient:
             response = await self._http.post("/outbound_messages", content=body)
         except httpx.TransportError as exc:
             raise map_transport_error(exc) from None
+        except httpx.HTTPError as exc:
+            # Not a transport failure (e.g. an undecodable answer): the request was sent.
+            raise Ambiguous(f"{type(exc).__name__}: the answer could not be read") from None
         return raise_for_response(response)
 
     async def aclose(self) -> None:

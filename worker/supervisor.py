@@ -14,7 +14,7 @@ from celery import bootsteps
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ledger.dispatch import dispatch
+from ledger.dispatch import redispatch_parked
 from ledger.settings import Settings
 from ledger.store import Ledger
 from worker.didww import DidwwClient
@@ -24,16 +24,6 @@ log = structlog.stdlib.get_logger("smsq.supervisor")
 
 # How often the halt flag is read: a resumed trunk is noticed within this much time.
 TICK_S = 1.0
-
-
-async def redispatch_parked(app: Any, ledger: Ledger) -> int:
-    """Publish a task for every batch that still has queued messages, in active campaigns."""
-    published = 0
-    for c in await ledger.active_campaigns():
-        if c.state == "active":
-            batches = await ledger.batches_with_queued(c)
-            published += dispatch(app, c.id, batches, priority=c.priority)
-    return published
 
 
 class Supervisor:
@@ -65,6 +55,9 @@ class Supervisor:
                     await self._tick(ledger, client)
                 except (RedisError, OSError) as exc:
                     log.warning("supervisor_redis_error", error=str(exc))
+                except Exception:
+                    # The thread must outlive any one failure, or this worker never probes again.
+                    log.exception("supervisor_error")
         finally:
             await client.aclose()
             await redis.aclose()

@@ -52,15 +52,20 @@ def test_resume_command_lifts_a_halt(make_stack, tmp_path: Path):
     stack.start_simulator("--callback-delay-ms", "50", "--password", "wrong")
     stack.start_worker("one")
     write_numbers(tmp_path / "n.csv", 50)
+    write_numbers(tmp_path / "other.csv", 30, start=1000)
     cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
+    other = stack.send("--recipients", str(tmp_path / "other.csv"), "--text", "yo")["campaign_id"]
     time.sleep(2.0)
     assert stack.status(cid)["counts"]["queued"] == 50
+    assert stack.status(other)["counts"]["queued"] == 30
     assert any(e["type"] == "auth_failed" for e in stack.events())
 
     stack.sim("config", {"password": stack.settings_env["SMSQ_DIDWW_PASSWORD"]})
     result = stack.smsq("resume", cid)
     assert result.returncode == 0, result.stderr
     assert stack.wait_done(cid, timeout_s=30)["counts"]["sent"] == 50
+    # The halt stopped every campaign; lifting it restarts them all.
+    assert stack.wait_done(other, timeout_s=30)["counts"]["sent"] == 30
 
 
 def test_pause_stops_posting_and_resume_finishes(make_stack, tmp_path: Path):

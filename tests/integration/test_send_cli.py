@@ -41,6 +41,7 @@ def test_bad_input_exits_2_and_enqueues_nothing(make_stack, tmp_path: Path):
         (["--to", "37041654321", "--text", ""], "text is empty"),
         (["--to", "37041654321", "--text", "   "], "text is empty"),
         (["--to", "abc", "--text", "hi"], "no valid destination"),
+        (["--to", "37041654321", "--text", "caf\udce9"], "not valid UTF-8"),
         (["--recipients", str(bad), "--text", "hi"], "line 3"),
         (["--recipients", str(tmp_path / "missing.csv"), "--text", "hi"], "does not exist"),
     ]

@@ -53,6 +53,16 @@ class EnqueueResult:
         }
 
 
+def _require_utf8(label: str, value: str) -> None:
+    """Text a terminal in another encoding passes as lone surrogates, which Redis cannot store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"the {label} is not valid UTF-8 text (check the terminal's encoding)"
+        ) from None
+
+
 class Producer:
     """Writes campaigns to Redis and publishes their batches; reuse one per process."""
 
@@ -65,13 +75,8 @@ class Producer:
     def validate(self, source: str, text: str) -> tuple[str, Any]:
         if not text or not text.strip():
             raise InputError("the message text is empty")
-        for label, value in (("message text", text), ("source", source)):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError(
-                    f"the {label} is not valid UTF-8 text (check the terminal's encoding)"
-                ) from None
+        _require_utf8("message text", text)
+        _require_utf8("source", source)
         try:
             source = normalize(source)
         except InvalidNumber as exc:
@@ -97,10 +102,7 @@ class Producer:
         """Store and queue a campaign for already-parsed numbers; raises InputError if none."""
         source, info = self.validate(source, text)
         if name is not None:
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError("the campaign name is not valid UTF-8 text") from None
+            _require_utf8("campaign name", name)
         if not numbers.numbers:
             raise InputError(f"no valid destination number ({len(numbers.rejections)} rejected)")
         ttl_s = ttl_s or self.settings.ttl_s

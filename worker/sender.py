@@ -56,8 +56,8 @@ class BatchResult:
 
 
 class _WaitRetryAfter:
-    """Honour a 429's Retry-After, never retrying sooner (plus a little jitter, so waiting
-    requests do not return together); else exponential backoff with jitter."""
+    """Honour a 429's Retry-After up to longest_s (plus a little jitter, so waiting requests
+    do not return together); else exponential backoff with jitter."""
 
     def __init__(self, max_wait_s: float, longest_s: float) -> None:
         self.backoff = wait_random_exponential(multiplier=0.5, max=max_wait_s)

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # any one-second window seen by DIDWW over the limit.
     rate_headroom: float = Field(0.98, gt=0.5, le=1.0)
     callback_token: SecretStr = SecretStr("")
+    # Bearer token for the HTTP API (python -m producer.http); the API refuses to start without it.
+    api_token: SecretStr = SecretStr("")
     events_stream: str = Field("smsq:events", min_length=1)
     # Approximate cap on the events stream; consumers must read faster than this fills.
     events_maxlen: int = Field(1_000_000, ge=1000)
@@ -100,7 +102,11 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """The secret values, so log and error output can be scrubbed of them."""
-        values = [self.didww_password.get_secret_value(), self.callback_token.get_secret_value()]
+        values = [
+            self.didww_password.get_secret_value(),
+            self.callback_token.get_secret_value(),
+            self.api_token.get_secret_value(),
+        ]
         password = urlsplit(self.redis_url).password
         if password:
             values.append(password)

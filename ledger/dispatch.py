@@ -19,9 +19,12 @@ if TYPE_CHECKING:
 SEND_BATCH = "smsq.send_batch"
 PRIORITY_QUEUE = "smsq.priority"
 CAMPAIGN_QUEUE = "smsq.campaigns"
-# Unacked tasks come back after this long; well above the longest batch (100 messages at
-# the lowest sensible rate) so Redis never hands a running batch to a second worker.
-VISIBILITY_TIMEOUT_S = 6 * 3600
+# Unacked tasks come back after this long: well above the longest batch (100 messages at
+# the lowest sensible rate), so Redis rarely hands a running batch to a second worker (which
+# would be harmless: claims are atomic). Tasks are never delayed with countdown or ETA
+# (parked batches wait in Redis), so this only bounds how long the tasks a killed worker had
+# prefetched stay invisible; the batches it was sending come back sooner (worker/supervisor.py).
+VISIBILITY_TIMEOUT_S = 3600
 
 
 def _queue(name: str) -> Queue:
@@ -63,12 +66,14 @@ def dispatch(app: Any, cid: str, batches: Iterable[int], *, priority: bool = Fal
     return count
 
 
-async def redispatch_parked(app: Any, ledger: Ledger) -> int:
-    """Publish a task for every batch that still has queued messages, in active campaigns:
-    after a halt is lifted, the batches that stopped for it have no task left."""
+async def dispatch_parked(app: Any, ledger: Ledger, *, due_only: bool = True) -> int:
+    """Put parked batches (stopped by a halt, a backoff or spent retries) back on the queues;
+    a single message goes back on the priority queue."""
     published = 0
-    for c in await ledger.active_campaigns():
-        if c.state == "active":
-            batches = await ledger.batches_with_queued(c)
-            published += dispatch(app, c.id, batches, priority=c.priority)
+    priority: dict[str, bool] = {}
+    for cid, batch_no in await ledger.unpark(due_only=due_only):
+        if cid not in priority:
+            c = await ledger.campaign(cid)
+            priority[cid] = bool(c and c.priority)
+        published += dispatch(app, cid, [batch_no], priority=priority[cid])
     return published

@@ -15,6 +15,8 @@ from redis.exceptions import ResponseError
 
 AUTH_FAILED = "auth_failed"
 AUTH_RESTORED = "auth_restored"
+API_UNAVAILABLE = "api_unavailable"
+API_RESTORED = "api_restored"
 
 
 def now_iso() -> str:

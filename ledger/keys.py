@@ -12,10 +12,20 @@ Key shapes (``{cid}`` is a campaign id, ``{b}`` a batch number, ``{sec}`` a Unix
 - ``smsq:campaigns``                 sorted set: campaign id scored by creation time
 - ``smsq:didww:{id}``                string: where the message with that DIDWW id lives
 - ``smsq:orphan:{id}``               string: a callback that arrived before its DIDWW id was stored
+- ``smsq:orphans``                   sorted set: DIDWW ids of kept callbacks scored by when kept
+- ``smsq:orphans:{src}:{dst}``       sorted set: kept callbacks' DIDWW ids by source and
+                                      destination, scored by DIDWW's time_start (s)
+- ``smsq:unknown:{src}:{dst}``       sorted set: ``cid|batch|index`` of unknown messages scored by
+                                      when they were posted, for matching their callbacks
 - ``smsq:stats``                     hash: global counters (orphans kept/joined, duplicates)
 - ``smsq:halt``                      string: set while DIDWW answers 401; every worker stops posting
 - ``smsq:probe``                     string: lock so at most one credentials probe runs per interval
 - ``smsq:ratelimit``                 string: the trunk's next free send slot (GCRA, microseconds)
+- ``smsq:backoff``                   string with a TTL: DIDWW is unavailable, no worker posts
+- ``smsq:parked``                    sorted set: ``cid|batch`` stopped by a halt, a backoff or spent
+                                      retries, scored by when it may run again
+- ``smsq:inflight``                  hash: ``cid|batch|owner`` -> last heartbeat (Redis time, s)
+                                      of the worker process sending that batch
 - the events stream: its name is a setting (``SMSQ_EVENTS_STREAM``, default ``smsq:events``)
 """
 
@@ -66,6 +76,30 @@ def probe_lock() -> str:
 
 def rate_limiter() -> str:
     return f"{PREFIX}:ratelimit"
+
+
+def orphans() -> str:
+    return f"{PREFIX}:orphans"
+
+
+def orphans_by_pair(source: str, destination: str) -> str:
+    return f"{PREFIX}:orphans:{source}:{destination}"
+
+
+def unknown_by_pair(source: str, destination: str) -> str:
+    return f"{PREFIX}:unknown:{source}:{destination}"
+
+
+def backoff() -> str:
+    return f"{PREFIX}:backoff"
+
+
+def parked() -> str:
+    return f"{PREFIX}:parked"
+
+
+def inflight() -> str:
+    return f"{PREFIX}:inflight"
 
 
 def message_id(cid: str, index: int) -> str:

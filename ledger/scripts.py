@@ -10,7 +10,18 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-NAMES = ("claim", "accept", "callback", "transition", "halt", "limiter")
+NAMES = (
+    "claim",
+    "accept",
+    "callback",
+    "transition",
+    "unknown",
+    "sweep",
+    "cancel",
+    "halt",
+    "beat",
+    "limiter",
+)
 
 
 @cache

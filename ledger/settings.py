@@ -57,11 +57,15 @@ class Settings(BaseSettings):
     # A batch whose retries ran out is tried again this much later (parked, not failed).
     retry_later_s: int = Field(30, ge=1, le=600)
     ambiguous: Literal["unknown", "resend"] = "unknown"
-    probe_interval_s: float = Field(30.0, gt=0)
+    # While halted (401) or backing off (DIDWW unavailable), one worker probes this often.
+    probe_interval_s: float = Field(10.0, gt=0)
     ttl_s: int = Field(DEFAULT_TTL_S, ge=1)
     max_segments: int = Field(10, ge=1, le=255)
     didww_id_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     orphan_ttl_s: int = Field(24 * 3600, ge=60)
+    # A callback settles an unknown message (whose 201 was lost) with the same source and
+    # destination posted within this many seconds of DIDWW's time_start; the nearest wins.
+    match_window_s: int = Field(600, ge=1, le=24 * 3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("redis_url")

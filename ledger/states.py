@@ -36,7 +36,8 @@ ALLOWED: dict[State, frozenset[State]] = {
     # sending -> queued only when the request surely never reached DIDWW (401, retries spent).
     State.SENDING: frozenset({State.QUEUED, State.ACCEPTED, State.REJECTED, State.UNKNOWN}),
     State.ACCEPTED: frozenset({State.SENT, State.FAILED}),
-    State.UNKNOWN: frozenset({State.ACCEPTED, State.SENT, State.FAILED}),
+    # unknown -> rejected: a lost worker's request was swept to unknown, then answered 400.
+    State.UNKNOWN: frozenset({State.ACCEPTED, State.SENT, State.FAILED, State.REJECTED}),
 }
 
 

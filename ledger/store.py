@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from ledger import events, keys
 from ledger.scripts import register
@@ -90,12 +92,45 @@ class CallbackUpdate:
     final_state: State
     event: dict[str, Any]
 
+    @property
+    def started_at(self) -> float:
+        """DIDWW's time_start in Unix seconds; now when it is missing or unreadable (the
+        callback then still matches an unknown message posted within the match window)."""
+        value = self.event.get("time_start")
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                pass
+        return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    """What holds every campaign back, and callbacks nobody has claimed yet."""
+
+    halted: str | None
+    backoff: str | None
+    parked_batches: int
+    orphans_waiting: int
+    stats: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "halted": self.halted is not None,
+            "backing_off": self.backoff is not None,
+            "parked_batches": self.parked_batches,
+            "orphan_callbacks_waiting": self.orphans_waiting,
+            "stats": self.stats,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Status:
     campaign: Campaign
     counts: dict[str, int]
     rate_per_s: float
+    trunk: Trunk
 
     @property
     def done(self) -> bool:
@@ -110,6 +145,7 @@ class Status:
             "counts": self.counts,
             "rate_per_s": round(self.rate_per_s, 2),
             "done": self.done,
+            "trunk": self.trunk.as_dict(),
         }
 
 
@@ -148,8 +184,9 @@ class Ledger:
             )
         )
 
-    async def claim(self, c: Campaign, r: Record) -> list[str]:
-        """queued -> sending. Returns the outcome (claimed, paused, halted, ...)."""
+    async def claim(self, c: Campaign, r: Record, owner: str) -> list[str]:
+        """queued -> sending by owner (a worker process). Returns the outcome (claimed,
+        paused, halted, backoff, ...)."""
         now = time.time()
         reply = await self.scripts["claim"](
             keys=[
@@ -159,8 +196,9 @@ class Ledger:
                 keys.halt(),
                 self.stream,
                 keys.posted(c.id, int(now)),
+                keys.backoff(),
             ],
-            args=[r.index, self._event(c, r), self.maxlen, f"{now:.3f}"],
+            args=[r.index, self._event(c, r), self.maxlen, f"{now:.3f}", owner],
         )
         return _outcome(reply)
 
@@ -185,6 +223,7 @@ class Ledger:
                 self.maxlen,
                 c.id,
                 c.message_id(r.index),
+                c.source,
             ],
         )
         return _outcome(reply)
@@ -215,19 +254,40 @@ class Ledger:
         return _outcome(reply)[0] == "moved"
 
     async def reject(self, c: Campaign, r: Record, detail: str) -> bool:
-        return await self.move(c, r, (State.SENDING,), State.REJECTED, detail=detail)
+        # From unknown too: a sweep may have given up on a request that then got its 400.
+        return await self.move(c, r, (State.SENDING, State.UNKNOWN), State.REJECTED, detail=detail)
 
-    async def mark_unknown(self, c: Campaign, r: Record, detail: str) -> bool:
-        return await self.move(
-            c, r, (State.SENDING,), State.UNKNOWN, extra=f"{time.time():.3f}", detail=detail
+    def _unknown_options(self) -> list[Any]:
+        s = self.settings
+        return [self.stream, self.maxlen, s.match_window_s, s.orphan_ttl_s, s.didww_id_ttl_s]
+
+    async def mark_unknown(self, c: Campaign, r: Record, detail: str) -> list[str]:
+        """sending -> unknown; settled at once if a kept callback matches it by source,
+        destination and time. Returns ['unknown'] or ['settled', state] (or a skip)."""
+        batch_no = c.batch_of(r.index)
+        event = json.loads(self._event(c, r, detail=detail))
+        reply = await self.scripts["unknown"](
+            keys=[keys.batch(c.id, batch_no)],
+            args=[c.id, batch_no, r.index, c.source, json.dumps(event), *self._unknown_options()],
         )
+        return _outcome(reply)
+
+    async def sweep(self, c: Campaign, batch_no: int, owner: str, detail: str) -> int:
+        """Every message of a batch that owner claimed and did not finish -> unknown."""
+        event = events.message_event(c.id, None, "", c.source, None, detail=detail)
+        reply = await self.scripts["sweep"](
+            keys=[keys.batch(c.id, batch_no), keys.campaign(c.id)],
+            args=[owner, c.id, batch_no, events.encode(event), *self._unknown_options()],
+        )
+        return int(reply)
 
     async def release(self, c: Campaign, r: Record) -> bool:
         """sending -> queued, for a request that surely never reached DIDWW."""
         return await self.move(c, r, (State.SENDING,), State.QUEUED, publish=False)
 
     async def apply_callback(self, update: CallbackUpdate) -> str:
-        """Apply a callback once; returns applied, orphan or duplicate."""
+        """Apply a callback once; returns applied, matched (it settled an unknown message by
+        source, destination and time), orphan (kept for its 201) or duplicate."""
         index_key = keys.didww(update.didww_id)
         found = await self.redis.get(index_key)
         for _ in range(3):
@@ -262,6 +322,13 @@ class Ledger:
                         self.maxlen,
                         self.settings.orphan_ttl_s,
                         events.encode(orphan),
+                        update.event.get("source") or "",
+                        update.event.get("destination") or "",
+                        f"{update.started_at:.3f}",
+                        self.settings.match_window_s,
+                        self.settings.didww_id_ttl_s,
+                        f"{time.time():.3f}",
+                        update.didww_id,
                     ],
                 )
             )
@@ -272,18 +339,40 @@ class Ledger:
 
     async def halt(self, detail: str) -> bool:
         """Stop all posting after a 401; True if this call raised the alert."""
-        alert = events.alert_event(events.AUTH_FAILED, detail)
+        return await self._raise_flag(keys.halt(), events.AUTH_FAILED, detail, ttl_s=0)
+
+    async def back_off(self, detail: str, seconds: float) -> bool:
+        """Stop all posting for a while: DIDWW is unavailable (retries ran out). True if this
+        call started the backoff and raised the alert."""
+        return await self._raise_flag(keys.backoff(), events.API_UNAVAILABLE, detail, seconds)
+
+    async def _raise_flag(self, key: str, alert_type: str, detail: str, ttl_s: float) -> bool:
+        alert = events.alert_event(alert_type, detail)
         why = json.dumps({"detail": detail, "at": alert["at"]})
         reply = await self.scripts["halt"](
-            keys=[keys.halt(), self.stream, keys.probe_lock()],
+            keys=[key, self.stream, keys.probe_lock()],
             args=[
                 why,
                 events.encode(alert),
                 self.maxlen,
                 round(self.settings.probe_interval_s * 1000),
+                round(ttl_s * 1000),
             ],
         )
         return bool(reply)
+
+    async def extend_backoff(self, seconds: float) -> bool:
+        """A probe failed: keep backing off; False if the backoff had already ended."""
+        return bool(await self.redis.pexpire(keys.backoff(), round(seconds * 1000)))
+
+    async def clear_backoff(self, detail: str) -> bool:
+        """DIDWW answers again; True if a backoff was in force."""
+        return await self._clear_flag(keys.backoff(), events.API_RESTORED, detail)
+
+    async def trunk_flags(self) -> tuple[str | None, str | None]:
+        """(halt, backoff): why all posting is stopped, or None for each."""
+        halt, backoff = await self.redis.mget([keys.halt(), keys.backoff()])
+        return (halt.decode() if halt else None, backoff.decode() if backoff else None)
 
     async def take_probe_turn(self, owner: str) -> bool:
         """True for the one caller per probe interval, across all workers, that may probe."""
@@ -296,13 +385,52 @@ class Ledger:
 
     async def clear_halt(self, detail: str) -> bool:
         """Let workers post again; True if a halt was in force."""
-        cleared = await self.redis.delete(keys.halt())
+        return await self._clear_flag(keys.halt(), events.AUTH_RESTORED, detail)
+
+    async def _clear_flag(self, key: str, alert_type: str, detail: str) -> bool:
+        cleared = await self.redis.delete(key)
         if cleared:
-            alert = events.alert_event(events.AUTH_RESTORED, detail)
+            alert = events.alert_event(alert_type, detail)
             await self.redis.xadd(
                 self.stream, {"data": events.encode(alert)}, maxlen=self.maxlen, approximate=True
             )
         return bool(cleared)
+
+    # Parked batches: stopped by a halt, a backoff or spent retries, run again by the workers'
+    # supervisors (worker/supervisor.py) once nothing holds them back. No Celery countdown or
+    # ETA: a parked batch costs one sorted-set member, not a task held in a worker's memory.
+
+    async def park(self, cid: str, batch_no: int, delay_s: float = 0.0) -> None:
+        await self.redis.zadd(keys.parked(), {f"{cid}|{batch_no}": time.time() + delay_s})
+
+    async def unpark(self, *, due_only: bool = True) -> list[tuple[str, int]]:
+        """Take the parked batches that are due (or all); each is returned to one caller."""
+        top = time.time() if due_only else "+inf"
+        taken = []
+        for raw in await self.redis.zrangebyscore(keys.parked(), "-inf", top):
+            if await self.redis.zrem(keys.parked(), raw):
+                cid, _, batch_no = raw.decode().rpartition("|")
+                taken.append((cid, int(batch_no)))
+        return taken
+
+    # In-flight batches: each worker process beats for the batch it sends; a batch whose
+    # beats stopped belongs to a lost worker (see worker/supervisor.py).
+
+    async def beat(self, cid: str, batch_no: int, owner: str) -> None:
+        await self.scripts["beat"](keys=[keys.inflight()], args=[f"{cid}|{batch_no}|{owner}"])
+
+    async def end_batch(self, cid: str, batch_no: int, owner: str) -> bool:
+        return bool(await self.redis.hdel(keys.inflight(), f"{cid}|{batch_no}|{owner}"))
+
+    async def silent_batches(self, silence_s: float) -> list[tuple[str, int, str]]:
+        """(campaign, batch, owner) of batches whose owner has not beaten for silence_s."""
+        now, _ = await self.redis.time()
+        found = []
+        for field, beat in (await self.redis.hgetall(keys.inflight())).items():
+            if int(beat) < now - silence_s:
+                cid, batch_no, owner = field.decode().split("|", 2)
+                found.append((cid, int(batch_no), owner))
+        return found
 
     async def counts(self, cid: str) -> dict[str, int]:
         raw = await self.redis.hgetall(keys.counts(cid))
@@ -323,28 +451,49 @@ class Ledger:
         # three seconds ago is not shown at a third of its rate.
         busy = next((i for i, p in enumerate(posted) if p), None)
         rate = sum(posted) / (len(posted) - busy) if busy is not None else 0.0
-        return Status(c, await self.counts(cid), rate)
+        return Status(c, await self.counts(cid), rate, await self.trunk())
+
+    async def trunk(self) -> Trunk:
+        halt, backoff = await self.trunk_flags()
+        kept_since = time.time() - self.settings.orphan_ttl_s
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.parked())
+        pipe.zcount(keys.orphans(), kept_since, "+inf")
+        parked, waiting = await pipe.execute()
+        return Trunk(halt, backoff, int(parked), int(waiting), await self.stats())
 
     async def set_state(self, cid: str, state: CampaignState) -> bool:
-        """Pause, resume or cancel a campaign; a cancelled campaign stays cancelled."""
+        """Pause, resume or cancel a campaign; a cancelled campaign stays cancelled, even
+        when a pause races a cancel (WATCH makes the read and the write one step)."""
         key = keys.campaign(cid)
-        current = await self.redis.hget(key, "state")
-        if current is None:
-            return False
-        if current.decode() == CampaignState.CANCELLED:
-            return state == CampaignState.CANCELLED
-        await self.redis.hset(key, "state", str(state))
-        return True
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    current = await pipe.hget(key, "state")
+                    if current is None:
+                        return False
+                    if current.decode() == CampaignState.CANCELLED:
+                        return state == CampaignState.CANCELLED
+                    pipe.multi()
+                    pipe.hset(key, "state", str(state))
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
 
     async def cancel_queued(self, c: Campaign) -> int:
-        """Move every still-queued message of a cancelled campaign to cancelled."""
+        """Move every still-queued message of a cancelled campaign to cancelled, one script
+        per batch."""
+        event = events.encode(events.message_event(c.id, None, "", c.source))
         moved = 0
         for batch_no in range(c.batches):
-            for r in await self.records(c.id, batch_no):
-                if r.state is State.QUEUED and await self.move(
-                    c, r, (State.QUEUED,), State.CANCELLED
-                ):
-                    moved += 1
+            moved += int(
+                await self.scripts["cancel"](
+                    keys=[keys.batch(c.id, batch_no), keys.counts(c.id), self.stream],
+                    args=[c.id, event, self.maxlen],
+                )
+            )
         return moved
 
     async def batches_with_queued(self, c: Campaign) -> list[int]:

@@ -18,7 +18,7 @@ import redis
 from redis.asyncio import Redis
 
 from ledger import events
-from ledger.dispatch import dispatch, redispatch_parked
+from ledger.dispatch import dispatch, dispatch_parked
 from ledger.errors import ConfigError, InputError, SmsqError
 from ledger.logs import configure_logging
 from ledger.settings import Settings, load_settings
@@ -191,6 +191,19 @@ def _print_status(status: Status) -> None:
         click.echo(f"  {state:<10} {status.counts[state]:>9}")
     click.echo(f"  {'rate':<10} {status.rate_per_s:>9.1f}/s")
     click.echo(f"  {'done':<10} {'yes' if status.done else 'no':>9}")
+    trunk = status.trunk
+    if trunk.halted:
+        click.echo("trunk: HALTED, DIDWW refused the credentials (probing; `smsq resume` lifts it)")
+    if trunk.backoff:
+        click.echo("trunk: backing off, DIDWW is unavailable (probing)")
+    if trunk.parked_batches:
+        click.echo(f"trunk: {trunk.parked_batches} batches parked until sending can go on")
+    stats = trunk.stats
+    click.echo(
+        f"callbacks for unknown DIDWW ids: {trunk.orphans_waiting} waiting"
+        f" ({stats.get('orphans_kept', 0)} kept, {stats.get('orphans_joined', 0)} joined,"
+        f" {stats.get('callbacks_matched', 0)} matched by number and time)"
+    )
 
 
 @main.command()
@@ -224,13 +237,17 @@ def resume(campaign: str) -> None:
     async def work(ledger: Ledger) -> tuple[bool, int]:
         if not await ledger.set_state(campaign, CampaignState.ACTIVE):
             return False, 0
-        if await ledger.clear_halt(f"resumed by an operator (campaign {campaign})"):
-            # Every campaign's batches stopped for the halt, not just this one's.
-            return True, await redispatch_parked(producer.celery, ledger)
+        why = f"resumed by an operator (campaign {campaign})"
+        published = 0
+        if await ledger.clear_halt(why) | await ledger.clear_backoff(why):
+            # Every campaign's batches were parked for the halt, not just this one's.
+            published += await dispatch_parked(producer.celery, ledger, due_only=False)
+        # This campaign's batches that stopped for a pause. One published twice (also parked)
+        # costs a task that finds nothing to claim.
         c = await ledger.campaign(campaign)
         assert c is not None
         batches = await ledger.batches_with_queued(c)
-        return True, dispatch(producer.celery, c.id, batches, priority=c.priority)
+        return True, published + dispatch(producer.celery, c.id, batches, priority=c.priority)
 
     try:
         found, published = _run(settings, work)

@@ -38,7 +38,10 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.secrets())
 
 
-@signals.worker_init.connect
+# celeryd_init fires before Celery prints anything (its banner, the warning about running as
+# root), so a worker without credentials stops with the one configuration line alone. Only
+# the worker command sends it: Flower loads this app without needing DIDWW's credentials.
+@signals.celeryd_init.connect
 def _check_credentials(**_: Any) -> None:
     try:
         settings.require("didww_username", "didww_password")

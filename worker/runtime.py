@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -23,12 +24,14 @@ T = TypeVar("T")
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.pid = os.getpid()
+        # Names this process in its claims and heartbeats: unique across hosts and processes.
+        self.owner = f"{socket.gethostname()}:{self.pid}"
         self.loop = asyncio.new_event_loop()
         self.redis = Redis.from_url(settings.redis_url, health_check_interval=30)
         self.ledger = Ledger(self.redis, settings)
         self.client = DidwwClient(settings)
         self.limiter = RateLimiter(self.redis, settings.send_interval_s)
-        self.sender = Sender(self.ledger, self.client, self.limiter, settings)
+        self.sender = Sender(self.ledger, self.client, self.limiter, settings, self.owner)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)

@@ -1,11 +1,18 @@
 """Send one batch: claim each queued message, wait for its rate-limit slot, post it, record
 the outcome. Requests run concurrently up to SMSQ_CONCURRENCY per worker process.
+
+While a batch is in hand its worker process beats in Redis; if the beats stop (the process was
+killed), another worker's supervisor marks the messages it had claimed unknown and puts the
+batch back on the queue. A batch that stops for a halt, a backoff or spent retries is parked
+in Redis and run again when nothing holds it back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,11 +35,21 @@ from worker.limiter import RateLimiter
 log = structlog.stdlib.get_logger("smsq.worker")
 
 # Stop reasons: the batch leaves its remaining messages queued for later.
-PAUSED, HALTED, RETRY_LATER = "paused", "halted", "retry_later"
+PAUSED, HALTED, BACKOFF, RETRY_LATER = "paused", "halted", "backoff", "retry_later"
+# A batch stopped for these is parked; a paused one waits for `smsq resume` instead.
+PARK_FOR = frozenset({HALTED, BACKOFF, RETRY_LATER})
+# Seconds between a worker process's heartbeats for its batch (supervisor.LOST_AFTER_S).
+BEAT_S = 2.0
+# A backoff after spent retries lasts SMSQ_RETRY_LATER_S, give or take this share.
+BACKOFF_JITTER = 0.2
 
 
-class Halted(Exception):
-    """Another worker saw a 401 while this request waited to retry."""
+class Stopped(Exception):
+    """All posting stopped (a 401 or a backoff elsewhere) while this request waited to retry."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -73,9 +90,15 @@ class _WaitRetryAfter:
 
 class Sender:
     def __init__(
-        self, ledger: Ledger, client: DidwwClient, limiter: RateLimiter, settings: Settings
+        self,
+        ledger: Ledger,
+        client: DidwwClient,
+        limiter: RateLimiter,
+        settings: Settings,
+        owner: str,
     ) -> None:
         self.ledger = ledger
+        self.owner = owner
         self.client = client
         self.limiter = limiter
         self.settings = settings
@@ -94,24 +117,62 @@ class Sender:
             log.warning("campaign_missing", campaign_id=cid, batch=batch_no)
             result.stopped = "missing"
             return result
-        queued = [r for r in await self.ledger.records(cid, batch_no) if r.state is State.QUEUED]
-        gate = asyncio.Semaphore(self.settings.concurrency)
+        async with self._beating(cid, batch_no):
+            # Claims of ours still `sending` here are from an attempt at this batch that Redis
+            # errors cut short: their requests may have gone out, so they become unknown.
+            leftovers = await self.ledger.sweep(
+                campaign, batch_no, self.owner, "an earlier attempt stopped mid-request"
+            )
+            if leftovers:
+                log.warning("leftover_claims_unknown", batch=batch_no, messages=leftovers)
+            records = await self.ledger.records(cid, batch_no)
+            gate = asyncio.Semaphore(self.settings.concurrency)
 
-        async def one(record: Record) -> None:
-            async with gate:
-                if result.stopped is None:
-                    await self._send_one(campaign, record, result)
+            async def one(record: Record) -> None:
+                async with gate:
+                    if result.stopped is None:
+                        await self._send_one(campaign, record, result)
 
-        await asyncio.gather(*(one(r) for r in queued))
+            # A TaskGroup cancels the other requests if one fails (a Redis error), so none
+            # keeps running after the task has given up.
+            async with asyncio.TaskGroup() as group:
+                for record in records:
+                    if record.state is State.QUEUED:
+                        group.create_task(one(record))
+            if result.stopped in PARK_FOR:
+                await self.ledger.park(cid, batch_no)
         log.info("batch_done", **result.as_dict())
         return result
+
+    @contextlib.asynccontextmanager
+    async def _beating(self, cid: str, batch_no: int) -> AsyncIterator[None]:
+        """Beat for this batch while it is in hand; forget it when done."""
+        await self.ledger.beat(cid, batch_no, self.owner)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(BEAT_S)
+                try:
+                    await self.ledger.beat(cid, batch_no, self.owner)
+                except Exception as exc:  # a missed beat must not end the batch
+                    log.warning("heartbeat_failed", error=str(exc))
+
+        beats = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
+        # Not in `finally`: after a Redis error the entry stays, so a lost batch is found.
+        await self.ledger.end_batch(cid, batch_no, self.owner)
 
     async def _send_one(self, c: Campaign, r: Record, result: BatchResult) -> None:
         structlog.contextvars.bind_contextvars(campaign_id=c.id, message_id=c.message_id(r.index))
         slot_at = None if result.sweeping else await self.limiter.acquire_slot()
         if result.stopped is not None:
             return
-        outcome = await self.ledger.claim(c, r)
+        outcome = await self.ledger.claim(c, r, self.owner)
         if outcome[0] != "claimed":
             self._not_claimed(outcome, result)
             return
@@ -126,16 +187,21 @@ class Sender:
             if await self.ledger.halt(exc.detail):
                 log.error("auth_failed", detail=exc.detail)
             result.stopped = HALTED
-        except Halted:
+        except Stopped as stop:
             await self._release(c, r, result)
-            result.stopped = HALTED
+            result.stopped = result.stopped or stop.reason
         except Ambiguous as exc:
-            await self.ledger.mark_unknown(c, r, exc.detail)
+            outcome = await self.ledger.mark_unknown(c, r, exc.detail)
             result.unknown += 1
-            log.warning("message_unknown", detail=exc.detail)
+            log.warning("message_unknown", detail=exc.detail, settled=outcome[-1])
         except Retryable as exc:
             await self._release(c, r, result)
             result.stopped = RETRY_LATER
+            seconds = self.settings.retry_later_s * random.uniform(
+                1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER
+            )
+            if await self.ledger.back_off(exc.detail, seconds):
+                log.error("api_unavailable", detail=exc.detail, backoff_s=round(seconds, 1))
             log.warning("retries_exhausted", detail=exc.detail, status=exc.status)
         else:
             structlog.contextvars.bind_contextvars(didww_id=didww_id)
@@ -154,8 +220,9 @@ class Sender:
         ):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
-                    if await self.ledger.halted():
-                        raise Halted
+                    halt, backoff = await self.ledger.trunk_flags()
+                    if halt or backoff:
+                        raise Stopped(HALTED if halt else BACKOFF)
                     slot_at = await self.limiter.acquire_slot()
                 elif slot_at is None:
                     slot_at = await self.limiter.acquire_slot()
@@ -185,6 +252,8 @@ class Sender:
             result.stopped = PAUSED
         elif kind == "halted":
             result.stopped = HALTED
+        elif kind == "backoff":
+            result.stopped = BACKOFF
         elif kind == "expired":
             result.expired += 1
             result.sweeping = True

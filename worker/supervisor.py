@@ -1,5 +1,12 @@
-"""A thread in each worker's main process that probes the credentials while sending is
-halted by a 401, and puts the parked work back on the queues once a probe succeeds.
+"""A thread in each worker's main process that keeps the trunk's work moving:
+
+- while sending is halted (401) or backing off (DIDWW unavailable), one worker per probe
+  interval probes DIDWW without sending an SMS, and lifts the halt or the backoff once the
+  probe is answered;
+- parked batches go back on the queues once nothing holds them back;
+- a batch whose worker process stopped beating (killed, or its host lost) is recovered: the
+  messages it had claimed become unknown (their requests may have reached DIDWW, so they are
+  never resent) and the batch goes back on its queue for its still-queued messages.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from celery import bootsteps
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ledger.dispatch import redispatch_parked
+from ledger.dispatch import dispatch, dispatch_parked
 from ledger.settings import Settings
 from ledger.store import Ledger
 from worker.didww import DidwwClient
@@ -22,8 +29,13 @@ from worker.errors import DidwwError
 
 log = structlog.stdlib.get_logger("smsq.supervisor")
 
-# How often the halt flag is read: a resumed trunk is noticed within this much time.
+# How often the flags and the parked batches are read: a resumed trunk is noticed this fast.
 TICK_S = 1.0
+# A batch whose worker has not beaten for this long is lost (worker.sender beats every 2 s;
+# the margin covers a worker process stalled by CPU load).
+LOST_AFTER_S = 15.0
+# Look for lost batches every this many ticks.
+SWEEP_EVERY = 5
 
 
 class Supervisor:
@@ -32,6 +44,7 @@ class Supervisor:
         self.settings = settings
         self.owner = f"{socket.gethostname()}:{id(self)}"
         self._stop = threading.Event()
+        self._ticks = 0
         self._thread = threading.Thread(target=self._run, name="smsq-supervisor", daemon=True)
 
     def start(self) -> None:
@@ -63,19 +76,57 @@ class Supervisor:
             await redis.aclose()
 
     async def _tick(self, ledger: Ledger, client: DidwwClient) -> None:
-        if not await ledger.halted() or not await ledger.take_probe_turn(self.owner):
+        self._ticks += 1
+        if self._ticks % SWEEP_EVERY == 0:
+            await self._recover_lost(ledger)
+        halt, backoff = await ledger.trunk_flags()
+        if halt or backoff:
+            await self._probe(ledger, client, halted=halt is not None)
+            return
+        published = await dispatch_parked(self.app, ledger)
+        if published:
+            log.info("parked_batches_dispatched", batches=published)
+
+    async def _probe(self, ledger: Ledger, client: DidwwClient, *, halted: bool) -> None:
+        if not await ledger.take_probe_turn(self.owner):
             return
         try:
             good = await client.probe()
         except DidwwError as exc:
+            if not halted:
+                await ledger.extend_backoff(self.settings.retry_later_s)
             log.warning("probe_inconclusive", detail=exc.detail)
             return
         if not good:
+            if await ledger.halt("Authorization failed (credentials probe)"):
+                log.error("auth_failed", detail="credentials probe")
             log.warning("probe_auth_failed")
             return
-        if await ledger.clear_halt("credentials probe succeeded"):
-            published = await redispatch_parked(self.app, ledger)
-            log.info("auth_restored", batches=published)
+        lifted = []
+        if halted and await ledger.clear_halt("credentials probe succeeded"):
+            lifted.append("auth_restored")
+        if await ledger.clear_backoff("DIDWW answered a probe"):
+            lifted.append("api_restored")
+        if lifted:
+            published = await dispatch_parked(self.app, ledger, due_only=False)
+            log.info("sending_resumed", why=lifted, batches=published)
+
+    async def _recover_lost(self, ledger: Ledger) -> None:
+        for cid, batch_no, owner in await ledger.silent_batches(LOST_AFTER_S):
+            c = await ledger.campaign(cid)
+            swept = 0
+            if c is not None:
+                swept = await ledger.sweep(c, batch_no, owner, "the worker sending it was lost")
+            # Whoever removes the entry puts the batch back: one task, not one per worker.
+            if await ledger.end_batch(cid, batch_no, owner) and c is not None:
+                dispatch(self.app, cid, [batch_no], priority=c.priority)
+                log.warning(
+                    "lost_batch_recovered",
+                    campaign_id=cid,
+                    batch=batch_no,
+                    owner=owner,
+                    unknown=swept,
+                )
 
 
 class SupervisorStep(bootsteps.StartStopStep):

@@ -4,6 +4,7 @@
 -- KEYS[4] DIDWW id index   KEYS[5] orphan callback   KEYS[6] stats hash
 -- ARGV[1] message field   ARGV[2] DIDWW id   ARGV[3] index value   ARGV[4] index TTL (s)
 -- ARGV[5] event base JSON   ARGV[6] stream maxlen   ARGV[7] campaign id   ARGV[8] message id
+-- ARGV[9] source
 -- Returns {'accepted'}, {'accepted', final_state} after an orphan join, {'skip', state}, {'missing'}
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record then return {'missing'} end
@@ -25,5 +26,7 @@ event['campaign_id'] = ARGV[7]
 event['message_id'] = ARGV[8]
 publish(KEYS[3], ARGV[6], cjson.encode(event), kept['state'])
 redis.call('DEL', KEYS[5])
+redis.call('ZREM', orphans_by_pair(ARGV[9], dest), ARGV[2])
+redis.call('ZREM', ORPHANS, ARGV[2])
 redis.call('HINCRBY', KEYS[6], 'orphans_joined', 1)
 return {'accepted', kept['state']}

@@ -16,6 +16,8 @@ PASSWORD = "pw-SECRET"
 TOKEN = "tok-SECRET"
 SOURCE = "37041123456"
 TEXT = "Hello World!"
+# The worker process a unit test claims messages as.
+OWNER = "testhost:1"
 
 
 def make_settings(**overrides: Any) -> Settings:

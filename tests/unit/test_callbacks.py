@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
-from smsq_testing import SOURCE, TOKEN, make_settings, write_campaign
+from smsq_testing import OWNER, SOURCE, TOKEN, make_settings, write_campaign
 
 from callbacks.app import MAX_BODY_BYTES, create_app
 from callbacks.document import InvalidCallback, parse
@@ -80,7 +80,7 @@ async def accepted_message(ledger: Ledger, server: fakeredis.FakeServer, didww_i
     c = await ledger.campaign(cid)
     assert c is not None
     [r] = await ledger.records(cid, 0)
-    assert await ledger.claim(c, r) == ["claimed"]
+    assert await ledger.claim(c, r, OWNER) == ["claimed"]
     assert (await ledger.accept(c, r, didww_id))[0] == "accepted"
     return cid
 

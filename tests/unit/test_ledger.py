@@ -14,7 +14,7 @@ import fakeredis.aioredis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from smsq_testing import SOURCE, make_settings, write_campaign
+from smsq_testing import OWNER, SOURCE, make_settings, write_campaign
 
 from callbacks.document import parse
 from ledger import keys
@@ -66,7 +66,7 @@ def test_claim_moves_queued_to_sending_once(
     async def go() -> tuple[list[str], list[str]]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        return await ledger.claim(c, recs[0]), await ledger.claim(c, recs[0])
+        return await ledger.claim(c, recs[0], OWNER), await ledger.claim(c, recs[0], OWNER)
 
     first, second = run(go())
     assert first == ["claimed"]
@@ -87,7 +87,7 @@ def test_claim_on_paused_campaign_leaves_message_queued(
     async def go() -> list[str]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        return await ledger.claim(c, recs[0])
+        return await ledger.claim(c, recs[0], OWNER)
 
     assert run(go()) == ["paused"]
     assert states(cid) == {0: "queued", 1: "queued"}
@@ -102,7 +102,7 @@ def test_claim_while_halted_returns_halted(make_ledger, make_campaign, states) -
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
         await ledger.halt("Authorization failed")
-        return await ledger.claim(c, recs[0])
+        return await ledger.claim(c, recs[0], OWNER)
 
     assert run(go()) == ["halted"]
     assert states(cid) == {0: "queued"}
@@ -116,7 +116,7 @@ def test_claim_on_expired_campaign_expires_the_message(
     async def go() -> list[str]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        return await ledger.claim(c, recs[1])
+        return await ledger.claim(c, recs[1], OWNER)
 
     assert run(go()) == ["expired"]
     assert states(cid) == {0: "queued", 1: "expired"}
@@ -137,7 +137,7 @@ def test_claim_on_cancelled_campaign_cancels_the_message(
     async def go() -> list[str]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        return await ledger.claim(c, recs[0])
+        return await ledger.claim(c, recs[0], OWNER)
 
     assert run(go()) == ["cancelled"]
     assert states(cid) == {0: "cancelled"}
@@ -151,7 +151,7 @@ def test_claim_of_a_missing_message(make_ledger, make_campaign) -> None:
     async def go() -> list[str]:
         ledger = make_ledger()
         c, _ = await open_campaign(ledger, cid)
-        return await ledger.claim(c, Record(7, State.QUEUED, "37060000007", ""))
+        return await ledger.claim(c, Record(7, State.QUEUED, "37060000007", ""), OWNER)
 
     assert run(go()) == ["missing"]
 
@@ -164,7 +164,7 @@ def test_accept_indexes_the_didww_id_and_publishes(
     async def go() -> list[str]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        await ledger.claim(c, recs[0])
+        await ledger.claim(c, recs[0], OWNER)
         return await ledger.accept(c, recs[0], "d-1")
 
     assert run(go()) == ["accepted"]
@@ -197,7 +197,7 @@ def test_accept_needs_a_claimed_message(make_ledger, make_campaign, states, read
 
 async def _accepted(ledger: Ledger, cid: str, index: int, didww_id: str) -> None:
     c, recs = await open_campaign(ledger, cid)
-    assert await ledger.claim(c, recs[index]) == ["claimed"]
+    assert await ledger.claim(c, recs[index], OWNER) == ["claimed"]
     assert (await ledger.accept(c, recs[index], didww_id))[0] == "accepted"
 
 
@@ -294,7 +294,7 @@ def test_callback_before_accept_is_kept_then_joined(
     async def go() -> tuple[str, str, list[str]]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        await ledger.claim(c, recs[1])
+        await ledger.claim(c, recs[1], OWNER)
         first = await ledger.apply_callback(callback("d-9", destination="37060000001"))
         again = await ledger.apply_callback(callback("d-9", destination="37060000001"))
         joined = await ledger.accept(c, recs[1], "d-9")
@@ -364,7 +364,7 @@ def test_reject_publishes_detail(make_ledger, make_campaign, states, read_events
     async def go() -> tuple[bool, bool]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        await ledger.claim(c, recs[0])
+        await ledger.claim(c, recs[0], OWNER)
         return await ledger.reject(c, recs[0], "Invalid request"), await ledger.reject(
             c, recs[0], "again"
         )
@@ -382,14 +382,14 @@ def test_mark_unknown_publishes_detail(
 ) -> None:
     cid = make_campaign(1)
 
-    async def go() -> bool:
+    async def go() -> list[str]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        await ledger.claim(c, recs[0])
+        await ledger.claim(c, recs[0], OWNER)
         return await ledger.mark_unknown(c, recs[0], "ReadTimeout: no answer")
 
     before = time.time()
-    assert run(go()) is True
+    assert run(go()) == ["unknown"]
     assert states(cid) == {0: "unknown"}
     [event] = read_events()
     assert event["type"] == "unknown"
@@ -406,10 +406,10 @@ def test_release_puts_sending_back_without_an_event(
     async def go() -> tuple[bool, bool, list[str]]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        await ledger.claim(c, recs[0])
+        await ledger.claim(c, recs[0], OWNER)
         released = await ledger.release(c, recs[0])
         again = await ledger.release(c, recs[0])
-        return released, again, await ledger.claim(c, recs[0])
+        return released, again, await ledger.claim(c, recs[0], OWNER)
 
     released, again, reclaimed = run(go())
     assert released is True
@@ -474,7 +474,7 @@ def test_status_done_only_when_nothing_is_pending(make_ledger, make_campaign) ->
 
         await snap()  # all queued
         for i, r in enumerate(recs):
-            await ledger.claim(c, r)
+            await ledger.claim(c, r, OWNER)
             await ledger.accept(c, r, f"d-{i}")
         await snap()  # all accepted: still waiting for callbacks
         await ledger.apply_callback(callback("d-0"))
@@ -495,8 +495,8 @@ def test_status_done_with_rejected_and_unknown(make_ledger, make_campaign) -> No
     async def go() -> bool:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        await ledger.claim(c, recs[0])
-        await ledger.claim(c, recs[1])
+        await ledger.claim(c, recs[0], OWNER)
+        await ledger.claim(c, recs[1], OWNER)
         await ledger.reject(c, recs[0], "bad")
         await ledger.mark_unknown(c, recs[1], "timeout")
         status = await ledger.status(cid)
@@ -539,7 +539,7 @@ def test_set_state_and_cancel_queued(
     async def go() -> tuple[Any, ...]:
         ledger = make_ledger()
         c, recs = await open_campaign(ledger, cid)
-        await ledger.claim(c, recs[0])
+        await ledger.claim(c, recs[0], OWNER)
         paused = await ledger.set_state(cid, CampaignState.PAUSED)
         cancelled = await ledger.set_state(cid, CampaignState.CANCELLED)
         resumed = await ledger.set_state(cid, CampaignState.ACTIVE)
@@ -564,9 +564,9 @@ def test_batches_with_queued_and_active_campaigns(make_ledger, make_campaign) ->
         c = await ledger.campaign(busy)
         assert c is not None and c.batches == 3
         for r in await ledger.records(busy, 1):
-            await ledger.claim(c, r)
+            await ledger.claim(c, r, OWNER)
         d, recs = await open_campaign(ledger, idle)
-        await ledger.claim(d, recs[0])
+        await ledger.claim(d, recs[0], OWNER)
         active = [x.id for x in await ledger.active_campaigns()]
         return await ledger.batches_with_queued(c), active
 
@@ -603,7 +603,7 @@ def test_counts_always_sum_to_total_and_states_only_move_forward(
         c, recs = await open_campaign(ledger, cid)
         last = {r.index: State.QUEUED for r in recs}
         actions: dict[str, Callable[[Record], Awaitable[Any]]] = {
-            "claim": lambda r: ledger.claim(c, r),
+            "claim": lambda r: ledger.claim(c, r, OWNER),
             "accept": lambda r: ledger.accept(c, r, f"d-{r.index}"),
             "reject": lambda r: ledger.reject(c, r, "bad"),
             "unknown": lambda r: ledger.mark_unknown(c, r, "timeout"),

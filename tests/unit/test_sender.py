@@ -13,7 +13,7 @@ import fakeredis
 import fakeredis.aioredis
 import httpx
 import pytest
-from smsq_testing import make_settings
+from smsq_testing import OWNER, make_settings
 
 from ledger import keys
 from ledger.settings import Settings
@@ -21,7 +21,7 @@ from ledger.states import CampaignState
 from ledger.store import Ledger
 from worker.didww import DidwwClient
 from worker.limiter import RateLimiter
-from worker.sender import HALTED, PAUSED, RETRY_LATER, BatchResult, Sender
+from worker.sender import BACKOFF, HALTED, PAUSED, RETRY_LATER, BatchResult, Sender
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -70,11 +70,10 @@ def send(
             await before(ledger)
         client = DidwwClient(cfg, transport=httpx.MockTransport(didww))
         limiter = RateLimiter(redis, cfg.send_interval_s)
-        sender = Sender(ledger, client, limiter, cfg)
+        # A task delivered twice runs in two worker processes: two owners.
+        senders = [Sender(ledger, client, limiter, cfg, f"{OWNER}{i}") for i in range(times)]
         try:
-            return list(
-                await asyncio.gather(*(sender.send_batch(cid, batch_no) for _ in range(times)))
-            )
+            return list(await asyncio.gather(*(s.send_batch(cid, batch_no) for s in senders)))
         finally:
             await client.aclose()
             await redis.aclose()
@@ -287,7 +286,7 @@ def test_resend_policy_retries_a_read_timeout(server, make_campaign, states) -> 
 
 
 def test_exhausted_retries_release_to_queued_and_retry_later(
-    server, make_campaign, states, counts, read_events
+    server, make_campaign, states, counts, read_events, sync_redis
 ) -> None:
     cfg = make_settings(concurrency=1, retry_attempts=3)
     cid = make_campaign(3)
@@ -298,7 +297,10 @@ def test_exhausted_retries_release_to_queued_and_retry_later(
     # Three attempts for the first message, then the batch stops.
     assert didww.destinations() == ["37060000000"] * 3
     assert counts(cid) == {"queued": 3}
-    assert read_events() == []
+    # Every worker backs off: one alert, a flag with a TTL, and this batch parked.
+    assert [e["type"] for e in read_events()] == ["api_unavailable"]
+    assert 0 < sync_redis.pttl(keys.backoff()) <= 30 * 1.2 * 1000
+    assert sync_redis.zrange(keys.parked(), 0, -1) == [f"{cid}|0".encode()]
 
 
 def test_paused_campaign_posts_nothing(server, settings, make_campaign, states) -> None:
@@ -331,3 +333,38 @@ def test_missing_campaign(server, settings) -> None:
     [result] = send(server, settings, "nope", didww)
     assert result.stopped == "missing"
     assert didww.posts == []
+
+
+def test_a_batch_leaves_no_heartbeat_behind_and_sweeps_its_own_leftovers(
+    server, settings, make_campaign, states, read_events, sync_redis
+) -> None:
+    cid = make_campaign(3)
+
+    async def leftover(ledger: Ledger) -> None:
+        # An earlier attempt by this same process claimed message 1 and then lost Redis.
+        c = await ledger.campaign(cid)
+        assert c is not None
+        records = await ledger.records(cid, 0)
+        assert await ledger.claim(c, records[1], f"{OWNER}0") == ["claimed"]
+
+    didww = Didww()
+    [result] = send(server, settings, cid, didww, before=leftover)
+    assert result.accepted == 2
+    assert states(cid) == {0: "accepted", 1: "unknown", 2: "accepted"}
+    assert "37060000001" not in didww.destinations()
+    assert sync_redis.hlen(keys.inflight()) == 0
+    [unknown] = [e for e in read_events() if e["type"] == "unknown"]
+    assert unknown["detail"] == "an earlier attempt stopped mid-request"
+
+
+def test_a_batch_refused_by_a_backoff_is_parked(
+    server, settings, make_campaign, counts, sync_redis
+) -> None:
+    cid = make_campaign(3)
+    sync_redis.set(keys.backoff(), "{}", px=60_000)
+    didww = Didww()
+    [result] = send(server, settings, cid, didww)
+    assert result.stopped == BACKOFF
+    assert didww.destinations() == []
+    assert counts(cid) == {"queued": 3}
+    assert sync_redis.zrange(keys.parked(), 0, -1) == [f"{cid}|0".encode()]

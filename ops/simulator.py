@@ -111,10 +111,17 @@ class SimulatorConfig:
     retry_after_s: int = DEFAULT_RETRY_AFTER_S
     drop_before: float = 0.0
     drop_after: float = 0.0
+    # An outage: every API request gets 503 before it is even read, as from a load balancer
+    # in front of a service that is down (the fault ratios above apply to valid requests).
+    outage: bool = False
     callback_url: str | None = None
     callback_delay_ms: float = DEFAULT_CALLBACK_DELAY_MS
     callback_failure_ratio: float = 0.0
     callback_duplicate_ratio: float = 0.0
+    # A callback the receiver refuses (5xx, or no connection) is tried this many times in
+    # all, waiting callback_backoff_s, then twice that, and so on, between tries.
+    callback_attempts: int = CALLBACK_ATTEMPTS
+    callback_backoff_s: float = CALLBACK_BACKOFF_S
     end_time_key: str = "end_time"
     # Keep every delivered callback's document for GET /_sim/callbacks (tests compare events
     # with them); off by default because a million of them cost hundreds of MB.
@@ -126,7 +133,10 @@ class SimulatorConfig:
         for name in ("host", "username", "password"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string")
-        for name in ("port", "retry_after_s", "callback_concurrency"):
+        for name in ("outage", "record_callbacks"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
+        for name in ("port", "retry_after_s", "callback_concurrency", "callback_attempts"):
             if not _is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an integer")
         if self.seed is not None and not _is_int(self.seed):
@@ -142,6 +152,10 @@ class SimulatorConfig:
             raise ValueError("port must be between 0 and 65535")
         if self.retry_after_s < 0:
             raise ValueError("retry_after_s must not be negative")
+        if self.callback_attempts < 1:
+            raise ValueError("callback_attempts must be at least 1")
+        if not _is_number(self.callback_backoff_s) or self.callback_backoff_s < 0:
+            raise ValueError("callback_backoff_s must be a non-negative number")
         if self.callback_concurrency < 1:
             raise ValueError("callback_concurrency must be at least 1")
         if self.end_time_key not in END_TIME_KEYS:
@@ -728,6 +742,9 @@ class Simulator:
     def _outbound(self, config: SimulatorConfig, request: _Request) -> _Answer | None:
         """Decide and record the outcome of one API request, in the order DIDWW checks."""
         arrived_at = request.arrived_at
+        if config.outage:
+            self._record(arrived_at, 503)
+            return _SERVICE_UNAVAILABLE
         if request.method != b"POST":
             self._record(arrived_at, 405)
             return _error(405, "Method Not Allowed", "Use POST", (b"allow", b"POST"))
@@ -913,9 +930,10 @@ class Simulator:
             outcome, retryable = f"HTTP {status}", status >= 500
         if callback.generation != self._generation:
             return connection
-        if retryable and callback.attempt < CALLBACK_ATTEMPTS:
+        config = self._config
+        if retryable and callback.attempt < config.callback_attempts:
             self._callbacks_retried += 1
-            delay_s = CALLBACK_BACKOFF_S * 2 ** (callback.attempt - 1)
+            delay_s = min(config.callback_backoff_s * 2 ** (callback.attempt - 1), 60.0)
             callback.attempt += 1
             assert self._loop is not None and self._queue is not None
             self._loop.call_later(delay_s, self._queue.put_nowait, callback)
@@ -1096,10 +1114,13 @@ def _parse_args(argv: list[str] | None) -> SimulatorConfig:
     add("--retry-after-s", type=_non_negative_int, default=DEFAULT_RETRY_AFTER_S)
     add("--drop-before", type=_ratio, default=0.0, metavar="RATIO")
     add("--drop-after", type=_ratio, default=0.0, metavar="RATIO")
+    add("--outage", action="store_true", help="answer 503 to every API request")
     add("--callback-url", type=_url, default=None)
     add("--callback-delay-ms", type=_non_negative, default=DEFAULT_CALLBACK_DELAY_MS)
     add("--callback-failure-ratio", type=_ratio, default=0.0, metavar="RATIO")
     add("--callback-duplicate-ratio", type=_ratio, default=0.0, metavar="RATIO")
+    add("--callback-attempts", type=_non_negative_int, default=CALLBACK_ATTEMPTS)
+    add("--callback-backoff-s", type=_non_negative, default=CALLBACK_BACKOFF_S)
     add("--end-time-key", choices=END_TIME_KEYS, default="end_time")
     add("--record-callbacks", action="store_true", help="keep callbacks for GET /_sim/callbacks")
     add("--seed", type=int, default=None)

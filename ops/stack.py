@@ -59,8 +59,15 @@ class Proc:
 
     def start(self) -> Proc:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # Its own process group, so kill_group() can take a worker and its pool children
+        # down together, as a lost host would.
         self.popen = subprocess.Popen(
-            self.argv, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
@@ -79,6 +86,16 @@ class Proc:
     def send_signal(self, sig: int) -> None:
         if self.running and self.popen:
             self.popen.send_signal(sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and every child it started (a host that died)."""
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        if self._log:
+            self._log.close()
+            self._log = None
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
         if self.popen is None:

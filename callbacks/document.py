@@ -77,10 +77,10 @@ def parse(body: bytes) -> CallbackUpdate:
     if not isinstance(status, str) or status not in FINAL_STATES:
         raise InvalidCallback(f"attributes.status must be one of {', '.join(FINAL_STATES)}")
     code_id = _integer(attrs, "code_id")
-    # The seed spells the end time both ways; take whichever is present.
-    time_end = _string(attrs, "time_end", required=False) or _string(
-        attrs, "end_time", required=False
-    )
+    # The seed spells the end time both ways; take whichever is present. Both are checked, so
+    # a wrong type under one spelling is refused even when the other is fine.
+    time_end = _string(attrs, "time_end", required=False)
+    end_time = _string(attrs, "end_time", required=False)
     event = message_event(
         None,
         None,
@@ -92,6 +92,6 @@ def parse(body: bytes) -> CallbackUpdate:
         reason=reason_for(code_id),
         fragments_sent=_integer(attrs, "fragments_sent"),
         time_start=_string(attrs, "time_start", required=False),
-        time_end=time_end,
+        time_end=time_end or end_time,
     )
     return CallbackUpdate(didww_id=didww_id, final_state=FINAL_STATES[status], event=event)

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # destination posted within this many seconds of DIDWW's time_start; the nearest wins.
     match_window_s: int = Field(600, ge=1, le=24 * 3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Each worker's main process serves Prometheus metrics for all its pool processes here.
+    metrics_port: int = Field(9808, ge=1, le=65535)
 
     @field_validator("redis_url")
     @classmethod

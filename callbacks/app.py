@@ -9,14 +9,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from callbacks.document import InvalidCallback, parse
+from callbacks.metrics import CALLBACKS, exposition
 from ledger.settings import Settings
 from ledger.store import Ledger
 
@@ -66,39 +68,50 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         # compare_digest takes the same time wherever the first difference is.
         if not token or not hmac.compare_digest(given, token):
             log.warning("callback_unauthorized")
+            CALLBACKS.labels("invalid", "unauthorized").inc()
             return _error(401, "Unauthorized", "missing or wrong token")
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in MEDIA_TYPES:
+            CALLBACKS.labels("invalid", "unsupported_media_type").inc()
             return _error(415, "Unsupported Media Type", f"use {' or '.join(MEDIA_TYPES)}")
         try:
             update = parse(await read_limited(request))
         except BodyTooLarge:
             log.warning("callback_too_large")
+            CALLBACKS.labels("invalid", "too_large").inc()
             return _error(413, "Payload Too Large", f"body over {MAX_BODY_BYTES} bytes")
         except InvalidCallback as exc:
             log.warning("callback_invalid", detail=str(exc))
+            CALLBACKS.labels("invalid", "invalid").inc()
             return _error(400, "Bad Request", str(exc))
+        status = update.event["status"]
         try:
             outcome = await request.app.state.ledger.apply_callback(update)
         except RedisError as exc:
             # DIDWW retries a failed callback; 503 says try again, nothing is lost.
             log.error("callback_store_failed", error=str(exc), didww_id=update.didww_id)
+            CALLBACKS.labels(status, "unavailable").inc()
             return _error(503, "Service Unavailable", "could not store the callback")
-        log.info(
-            "callback_handled",
-            didww_id=update.didww_id,
-            status=update.event["status"],
-            outcome=outcome,
-        )
+        CALLBACKS.labels(status, outcome).inc()
+        log.info("callback_handled", didww_id=update.didww_id, status=status, outcome=outcome)
         return JSONResponse({"result": outcome})
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
+    async def metrics(request: Request) -> Response:
+        try:
+            body = await exposition(request.app.state.ledger)
+        except RedisError as exc:
+            log.error("metrics_unavailable", error=str(exc))
+            return Response("redis unavailable\n", status_code=503, media_type="text/plain")
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
         routes=[
             Route("/callbacks", receive, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

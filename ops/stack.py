@@ -55,6 +55,7 @@ class Proc:
     env: dict[str, str]
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    metrics_url: str = ""
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
@@ -167,7 +168,12 @@ class Stack:
     workers: list[Proc] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMSQ_")}
+        # Nor this process's metrics directory: each worker must sum only its own processes.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SMSQ_") and k != "PROMETHEUS_MULTIPROC_DIR"
+        }
         env.update(self.settings_env)
         env.update(extra)
         env["PYTHONUNBUFFERED"] = "1"
@@ -210,7 +216,9 @@ class Stack:
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         log_path = self.workdir / f"worker-{name}.log"
+        env.setdefault("SMSQ_METRICS_PORT", str(free_port()))
         proc = Proc(f"worker {name}", argv, self.env(**env), log_path).start()
+        proc.metrics_url = f"http://127.0.0.1:{env['SMSQ_METRICS_PORT']}/metrics"
         wait_for(lambda: _worker_ready(proc), START_TIMEOUT_S * 2, f"worker {name}")
         self.workers.append(proc)
         return proc

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from ledger import keys
 from ledger.scripts import register
+from worker.metrics import LIMITER_WAIT_SECONDS
 
 # A coroutine may hold a slot at most this far ahead; beyond it waits and asks again,
 # so a priority message is never queued behind seconds of reserved campaign slots.
@@ -52,6 +53,7 @@ class RateLimiter:
                 await asyncio.sleep(wait_s)
             waited_s += wait_s
             if granted:
+                LIMITER_WAIT_SECONDS.observe(waited_s)
                 return asked + wait_s, waited_s
 
     async def keep_fresh(self, slot_at: float) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,8 +30,9 @@ from ledger.settings import Settings
 from ledger.states import State
 from ledger.store import Campaign, Ledger, Record
 from worker.didww import DidwwClient
-from worker.errors import Ambiguous, AuthFailed, Rejected, Retryable
+from worker.errors import Ambiguous, AuthFailed, DidwwError, Rejected, Retryable
 from worker.limiter import RateLimiter
+from worker.metrics import API_SECONDS, MESSAGES, RETRIES
 
 log = structlog.stdlib.get_logger("smsq.worker")
 
@@ -141,6 +143,9 @@ class Sender:
                         group.create_task(one(record))
             if result.stopped in PARK_FOR:
                 await self.ledger.park(cid, batch_no)
+        for outcome in ("accepted", "rejected", "unknown", "expired", "cancelled", "released"):
+            if count := getattr(result, outcome):
+                MESSAGES.labels(outcome).inc(count)
         log.info("batch_done", **result.as_dict())
         return result
 
@@ -227,12 +232,24 @@ class Sender:
                 elif slot_at is None:
                     slot_at = await self.limiter.acquire_slot()
                 await self.limiter.keep_fresh(slot_at)
-                return await self.client.send(c.source, r.destination, c.text)
+                return await self._timed_send(c, r)
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _timed_send(self, c: Campaign, r: Record) -> str:
+        started = time.perf_counter()
+        result = "accepted"
+        try:
+            return await self.client.send(c.source, r.destination, c.text)
+        except DidwwError as exc:
+            result = type(exc).__name__
+            raise
+        finally:
+            API_SECONDS.labels(result).observe(time.perf_counter() - started)
 
     @staticmethod
     def _log_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        RETRIES.labels(str(getattr(exc, "status", None) or type(exc).__name__)).inc()
         log.info(
             "retrying",
             attempt=state.attempt_number,

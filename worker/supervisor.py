@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from ledger.dispatch import dispatch, dispatch_parked
 from ledger.settings import Settings
 from ledger.store import Ledger
+from worker import metrics
 from worker.didww import DidwwClient
 from worker.errors import DidwwError
 
@@ -139,6 +140,7 @@ class SupervisorStep(bootsteps.StartStopStep):
         self.supervisor = Supervisor(worker.app, worker.app.smsq_settings)
 
     def start(self, worker: Any) -> None:
+        metrics.serve(worker.app.smsq_settings.metrics_port)
         self.supervisor.start()
 
     def stop(self, worker: Any) -> None:

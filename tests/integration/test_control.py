@@ -37,6 +37,7 @@ def test_401_halts_all_workers_until_a_probe_succeeds(make_stack, tmp_path: Path
     assert status["counts"]["failed"] == status["counts"]["rejected"] == 0
     alerts = [e for e in stack.events() if e["type"] == "auth_failed"]
     assert len(alerts) == 1 and alerts[0]["detail"] == "Authorization failed"
+    assert any('"auth_failed"' in w.log() for w in stack.workers), "no auth_failed log line"
 
     stack.sim("config", {"password": stack.settings_env["SMSQ_DIDWW_PASSWORD"]})
     status = stack.wait_done(cid, timeout_s=60)
@@ -73,20 +74,30 @@ def test_pause_stops_posting_and_resume_finishes(make_stack, tmp_path: Path):
     stack.start_callbacks()
     stack.start_simulator("--latency-ms", "5", "--callback-delay-ms", "50")
     stack.start_worker("one", concurrency=2)
-    write_numbers(tmp_path / "n.csv", 300)
+    numbers = write_numbers(tmp_path / "n.csv", 300)
+    write_numbers(tmp_path / "other.csv", 300, start=5000)
     cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
+    other = stack.send("--recipients", str(tmp_path / "other.csv"), "--text", "yo")["campaign_id"]
     stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 30)
+
+    def posted_for_campaign() -> int:
+        wanted = set(numbers)
+        return sum(1 for m in stack.sim("messages") if m["destination"] in wanted)
 
     assert stack.smsq("pause", cid).returncode == 0
     time.sleep(1.0)
-    paused_at = _accepted(stack)
+    paused_at = posted_for_campaign()
+    other_at = stack.status(other)["counts"]["sent"]
     time.sleep(2.0)
-    assert _accepted(stack) == paused_at
+    assert posted_for_campaign() == paused_at
     assert stack.status(cid)["state"] == "paused"
+    # The other campaign keeps going meanwhile.
+    assert stack.status(other)["counts"]["sent"] > other_at
 
     assert stack.smsq("resume", cid).returncode == 0
     status = stack.wait_done(cid, timeout_s=60)
-    assert status["counts"]["sent"] == 300 and _accepted(stack) == 300
+    assert status["counts"]["sent"] == 300 and posted_for_campaign() == 300
+    assert stack.wait_done(other, timeout_s=60)["counts"]["sent"] == 300
 
 
 def test_cancel_cancels_queued_messages_and_posts_none_of_them(make_stack, tmp_path: Path):
@@ -94,18 +105,26 @@ def test_cancel_cancels_queued_messages_and_posts_none_of_them(make_stack, tmp_p
     stack.start_callbacks()
     stack.start_simulator("--callback-delay-ms", "50")
     stack.start_worker("one")
-    write_numbers(tmp_path / "n.csv", 400)
+    numbers = set(write_numbers(tmp_path / "n.csv", 400))
+    write_numbers(tmp_path / "other.csv", 40, start=5000)
+
+    def posted_for_campaign() -> int:
+        return sum(1 for m in stack.sim("messages") if m["destination"] in numbers)
+
     cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "hi")["campaign_id"]
     stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 20)
+    other = stack.send("--recipients", str(tmp_path / "other.csv"), "--text", "yo")["campaign_id"]
 
     result = stack.smsq("cancel", cid)
     assert result.returncode == 0, result.stderr
     status = stack.wait_done(cid, timeout_s=30)
     counts = status["counts"]
-    posted = _accepted(stack)
+    posted = posted_for_campaign()
     time.sleep(1.5)
-    assert _accepted(stack) == posted
+    assert posted_for_campaign() == posted
     assert counts["cancelled"] > 0
+    # Another campaign is not affected by the cancel.
+    assert stack.wait_done(other, timeout_s=30)["counts"]["sent"] == 40
     assert counts["cancelled"] + counts["sent"] == 400 and posted == counts["sent"]
     cancelled_events = [e for e in stack.events() if e["type"] == "cancelled"]
     assert len(cancelled_events) == counts["cancelled"]

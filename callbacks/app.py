@@ -21,6 +21,7 @@ from callbacks.document import InvalidCallback, parse
 from callbacks.metrics import CALLBACKS, exposition
 from ledger.settings import Settings
 from ledger.store import Ledger
+from ledger.web import BodyTooLarge, read_limited
 
 log = structlog.stdlib.get_logger("smsq.callbacks")
 
@@ -29,27 +30,9 @@ MAX_BODY_BYTES = 64 * 1024
 MEDIA_TYPES = ("application/vnd.api+json", "application/json")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def _error(status: int, title: str, detail: str) -> JSONResponse:
     body = {"errors": [{"title": title, "detail": detail, "status": str(status)}]}
     return JSONResponse(body, status_code=status, media_type="application/vnd.api+json")
-
-
-async def read_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Read the body, refusing it as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
@@ -75,7 +58,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             CALLBACKS.labels("invalid", "unsupported_media_type").inc()
             return _error(415, "Unsupported Media Type", f"use {' or '.join(MEDIA_TYPES)}")
         try:
-            update = parse(await read_limited(request))
+            update = parse(await read_limited(request, MAX_BODY_BYTES))
         except BodyTooLarge:
             log.warning("callback_too_large")
             CALLBACKS.labels("invalid", "too_large").inc()

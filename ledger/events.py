@@ -119,6 +119,10 @@ async def read_group(
             eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             if pending_after:
                 pending_after = eid
+            if not fields:
+                # A pending entry trimmed from the stream (SMSQ_EVENTS_MAXLEN): gone, so ack it.
+                await redis.xack(stream, group, eid)
+                continue
             yield eid, decode(fields)
 
 

@@ -17,8 +17,7 @@ import click
 import redis
 from redis.asyncio import Redis
 
-from ledger import events
-from ledger.dispatch import dispatch, dispatch_parked
+from ledger import control, events
 from ledger.errors import ConfigError, InputError, SmsqError
 from ledger.logs import configure_logging
 from ledger.settings import Settings, load_settings
@@ -234,27 +233,17 @@ def resume(campaign: str) -> None:
     settings = _settings()
     producer = Producer(settings)
 
-    async def work(ledger: Ledger) -> tuple[bool, int]:
-        if not await ledger.set_state(campaign, CampaignState.ACTIVE):
-            return False, 0
+    async def work(ledger: Ledger) -> control.Resumed | None:
         why = f"resumed by an operator (campaign {campaign})"
-        published = 0
-        if await ledger.clear_halt(why) | await ledger.clear_backoff(why):
-            # Every campaign's batches were parked for the halt, not just this one's.
-            published += await dispatch_parked(producer.celery, ledger, due_only=False)
-        # This campaign's batches that stopped for a pause. One published twice (also parked)
-        # costs a task that finds nothing to claim.
-        c = await ledger.campaign(campaign)
-        assert c is not None
-        batches = await ledger.batches_with_queued(c)
-        return True, published + dispatch(producer.celery, c.id, batches, priority=c.priority)
+        return await control.resume(producer.celery, ledger, campaign, why)
 
     try:
-        found, published = _run(settings, work)
+        resumed = _run(settings, work)
     finally:
         producer.close()
-    if not found:
+    if resumed is None:
         fail(f"no campaign {campaign!r}, or it is cancelled")
+    published = resumed.batches_queued
     click.echo(f"campaign {campaign} resumed ({published} batches queued)")
 
 
@@ -262,15 +251,7 @@ def resume(campaign: str) -> None:
 @click.argument("campaign")
 def cancel(campaign: str) -> None:
     """Cancel every message of a campaign that is still queued."""
-
-    async def work(ledger: Ledger) -> int | None:
-        if not await ledger.set_state(campaign, CampaignState.CANCELLED):
-            return None
-        c = await ledger.campaign(campaign)
-        assert c is not None
-        return await ledger.cancel_queued(c)
-
-    moved = _run(_settings(), work)
+    moved = _run(_settings(), lambda ledger: control.cancel(ledger, campaign))
     if moved is None:
         fail(f"no campaign {campaign!r}")
     click.echo(f"campaign {campaign} cancelled ({moved} queued messages cancelled)")

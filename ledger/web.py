@@ -1,0 +1,69 @@
+"""What smsq's two HTTP services share (the callback ingester, `python -m callbacks`, and the
+HTTP API, `python -m producer.http`): a body reader with a size limit, and the start-up."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from ledger.errors import ConfigError
+from ledger.logs import configure_logging
+from ledger.settings import Settings, load_settings
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the limit; it was not read whole."""
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it as soon as it passes ``limit`` bytes: at once when its
+    Content-Length says so, else while streaming (chunked bodies have none)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def serve(
+    prog: str,
+    description: str,
+    make_app: Callable[[Settings], Starlette],
+    *,
+    required: tuple[str, ...],
+    default_port: int,
+    argv: list[str] | None = None,
+) -> None:
+    """Parse --host/--port, load the settings (a bad or missing one: one line, exit 2) and
+    serve make_app(settings) with uvicorn."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=default_port, help="port to listen on")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        settings.require(*required)
+    except ConfigError as exc:
+        print(f"smsq: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.secrets())
+    # uvicorn's access log would print each request's query string (the callback token is
+    # in it) as an unstructured line; each service logs what matters, without secrets.
+    uvicorn.run(
+        make_app(settings),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )

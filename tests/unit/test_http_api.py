@@ -1,0 +1,505 @@
+"""Tests for the HTTP API (producer.http) through httpx.ASGITransport on fakeredis: the bearer
+token, every endpoint's answers and status codes, the body limit, and Redis failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import fakeredis
+import fakeredis.aioredis
+import httpx
+import pytest
+from smsq_testing import SOURCE, make_settings, write_campaign
+
+from ledger import keys
+from ledger.dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE, SEND_BATCH
+from ledger.errors import ConfigError
+from ledger.settings import Settings
+from ledger.states import CampaignState
+from ledger.store import Ledger
+from producer import http
+from producer.enqueue import MAX_REPORTED_REJECTIONS, Producer
+
+API_TOKEN = "api-SECRET-token"
+AUTH = {"authorization": f"Bearer {API_TOKEN}"}
+NUMBERS = ["+370 41 654321", "0037041654322", "37041654323"]
+
+
+class FakeCelery:
+    """Records the tasks the API publishes instead of talking to a broker."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, list[Any], str]] = []
+        self.fail = fail
+
+    @contextlib.contextmanager
+    def producer_or_acquire(self) -> Iterator[None]:
+        yield None
+
+    def send_task(self, name: str, args: list[Any], queue: str, producer: Any) -> None:
+        if self.fail:
+            raise ConnectionError("broker unreachable")
+        self.sent.append((name, args, queue))
+
+
+def api_settings(**overrides: Any) -> Settings:
+    return make_settings(api_token=API_TOKEN, **overrides)
+
+
+Steps = Callable[[httpx.AsyncClient, Ledger], Awaitable[Any]]
+
+
+def run(
+    server: fakeredis.FakeServer,
+    steps: Steps,
+    *,
+    celery: FakeCelery | None = None,
+    cfg: Settings | None = None,
+) -> Any:
+    """Run ``steps`` against the app (lifespan included) on this test's fake Redis."""
+    cfg = cfg or api_settings()
+
+    async def go() -> Any:
+        redis = fakeredis.aioredis.FakeRedis(server=server)
+        producer = Producer(cfg)
+        producer.redis.close()
+        producer.redis = fakeredis.FakeRedis(server=server)
+        producer.celery = celery or FakeCelery()  # type: ignore[assignment]
+        app = http.create_app(cfg, redis=redis, producer=producer)
+        try:
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+                    return await steps(c, app.state.api.ledger)
+        finally:
+            producer.close()
+            await redis.aclose()
+
+    return asyncio.run(go())
+
+
+def campaign_body(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"source": SOURCE, "text": "Sale today", "destinations": NUMBERS}
+    body.update(fields)
+    return body
+
+
+async def post_json(
+    client: httpx.AsyncClient, body: Any, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await client.post(
+        "/v1/campaigns",
+        content=content,
+        headers={"content-type": "application/json", **AUTH, **(headers or {})},
+    )
+
+
+def create(server: fakeredis.FakeServer, body: Any, celery: FakeCelery | None = None) -> Any:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await post_json(client, body)
+
+    return run(server, steps, celery=celery)
+
+
+def stored_campaigns(sync_redis: fakeredis.FakeRedis) -> list[bytes]:
+    return list(sync_redis.zrange(keys.campaigns(), 0, -1))
+
+
+# --- POST /v1/campaigns
+
+
+def test_create_campaign_is_201_with_the_enqueue_result(server, sync_redis) -> None:
+    celery = FakeCelery()
+    body = campaign_body(destinations=[*NUMBERS, "12", NUMBERS[0]], name="sale", ttl_s=600)
+    response = create(server, body, celery)
+
+    assert response.status_code == 201, response.text
+    out = response.json()
+    cid = out["campaign_id"]
+    assert response.headers["location"] == f"/v1/campaigns/{cid}"
+    assert out == {
+        "campaign_id": cid,
+        "queued": 3,
+        "rejected": [{"index": 3, "value": "12", "reason": "too short: 2 digits, need 8 to 15"}],
+        "rejected_count": 1,
+        "duplicates": 1,
+        "segments": 1,
+        "encoding": "GSM-7",
+        "priority": False,
+    }
+    stored = sync_redis.hgetall(keys.campaign(cid))
+    assert stored[b"name"] == b"sale" and stored[b"text"] == b"Sale today"
+    assert float(stored[b"expires_at"]) - float(stored[b"created_at"]) == pytest.approx(600)
+    destinations = sorted(v.split(b"|")[1] for v in sync_redis.hvals(keys.batch(cid, 0)))
+    assert destinations == [b"37041654321", b"37041654322", b"37041654323"]
+    assert celery.sent == [(SEND_BATCH, [cid, 0], CAMPAIGN_QUEUE)]
+
+
+def test_a_single_message_goes_on_the_priority_queue(server) -> None:
+    celery = FakeCelery()
+    response = create(server, campaign_body(destinations=["37041654321"], name=None), celery)
+    assert response.status_code == 201
+    assert response.json()["priority"] is True
+    assert celery.sent == [(SEND_BATCH, [response.json()["campaign_id"], 0], PRIORITY_QUEUE)]
+
+
+def test_rejections_listed_are_capped_but_all_counted(server) -> None:
+    bad = [f"x{i}" for i in range(MAX_REPORTED_REJECTIONS + 5)]
+    out = create(server, campaign_body(destinations=[*bad, "37041654321"])).json()
+    assert len(out["rejected"]) == MAX_REPORTED_REJECTIONS
+    assert out["rejected_count"] == MAX_REPORTED_REJECTIONS + 5
+    assert out["rejected"][-1]["index"] == MAX_REPORTED_REJECTIONS - 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"\xff\xfe\x00", 400, "not valid JSON"),
+        (b"[" * 100_000, 400, "not valid JSON"),
+        ([], 422, "JSON object"),
+        ({"text": "hi", "destinations": NUMBERS}, 422, "source: required"),
+        ({"source": SOURCE, "destinations": NUMBERS}, 422, "text: required"),
+        ({"source": SOURCE, "text": "hi"}, 422, "destinations: required"),
+        (campaign_body(source=37041123456), 422, "source: must be a string"),
+        (campaign_body(text=None), 422, "text: must be a string"),
+        (campaign_body(destinations="37041654321"), 422, "destinations: must be an array"),
+        (campaign_body(destinations=["37041654321", 37041654322]), 422, "destinations[1]"),
+        (campaign_body(name=5), 422, "name: must be a string"),
+        (campaign_body(ttl_s=0), 422, "ttl_s"),
+        (campaign_body(ttl_s=-5), 422, "ttl_s"),
+        (campaign_body(ttl_s=1.5), 422, "ttl_s"),
+        (campaign_body(ttl_s=True), 422, "ttl_s"),
+        (campaign_body(ttl_s="60"), 422, "ttl_s"),
+        (campaign_body(destination=["37041654321"]), 422, "unknown field 'destination'"),
+    ],
+)
+def test_malformed_bodies_are_refused_naming_the_field(
+    server, sync_redis, body: Any, status: int, names: str
+) -> None:
+    celery = FakeCelery()
+    response = create(server, body, celery)
+    assert response.status_code == status, response.text
+    assert names in response.json()["error"]
+    assert stored_campaigns(sync_redis) == [] and celery.sent == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"text": "  "}, "the message text is empty"),
+        ({"source": "12"}, "invalid source number"),
+        ({"text": "x" * 2000}, "SMS segments"),
+        ({"text": "hi \ud800"}, "message text is not valid UTF-8"),
+        ({"name": "n\udcff"}, "campaign name is not valid UTF-8"),
+        ({"destinations": []}, "no valid destination number"),
+    ],
+)
+def test_values_the_producer_refuses_are_422(server, sync_redis, fields, names: str) -> None:
+    celery = FakeCelery()
+    response = create(server, campaign_body(**fields), celery)
+    assert response.status_code == 422, response.text
+    assert names in response.json()["error"]
+    assert stored_campaigns(sync_redis) == [] and celery.sent == []
+
+
+def test_no_valid_destination_is_422_with_every_rejection(server, sync_redis) -> None:
+    response = create(server, campaign_body(destinations=["12", "abc"]))
+    assert response.status_code == 422
+    out = response.json()
+    assert out["error"] == "no valid destination number (2 rejected)"
+    assert [r["index"] for r in out["rejected"]] == [0, 1] and out["rejected_count"] == 2
+    assert stored_campaigns(sync_redis) == []
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/xml"]
+)
+def test_other_content_types_are_415(server, sync_redis, content_type: str | None) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        headers = dict(AUTH)
+        if content_type:
+            headers["content-type"] = content_type
+        return await client.post(
+            "/v1/campaigns", content=json.dumps(campaign_body()).encode(), headers=headers
+        )
+
+    response = run(server, steps)
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+    assert stored_campaigns(sync_redis) == []
+
+
+def test_json_with_a_charset_is_accepted(server) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await client.post(
+            "/v1/campaigns",
+            content=json.dumps(campaign_body()).encode(),
+            headers={"content-type": "Application/JSON; charset=utf-8", **AUTH},
+        )
+
+    assert run(server, steps).status_code == 201
+
+
+def test_body_over_the_limit_is_413(server, sync_redis, monkeypatch) -> None:
+    monkeypatch.setattr(http, "MAX_BODY_BYTES", 1024)
+    response = create(server, campaign_body(destinations=[f"3704165{i:04d}" for i in range(100)]))
+    assert response.status_code == 413 and "1024 bytes" in response.json()["error"]
+    assert stored_campaigns(sync_redis) == []
+
+
+def test_streamed_body_over_the_limit_without_length_is_413(server, monkeypatch) -> None:
+    monkeypatch.setattr(http, "MAX_BODY_BYTES", 1024)
+    sent: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            sent.append(1)
+            yield b" " * 256
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        headers = {"content-type": "application/json", **AUTH}
+        return await client.post("/v1/campaigns", content=chunks(), headers=headers)
+
+    response = run(server, steps)
+    assert response.status_code == 413
+    # Refused as the limit was crossed, not after reading the whole body.
+    assert len(sent) < 100
+
+
+def test_redis_down_while_creating_is_503(server) -> None:
+    server.connected = False
+    response = create(server, campaign_body())
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == str(http.RETRY_AFTER_S)
+    assert "Redis" in response.json()["error"]
+
+
+def test_stored_but_not_queued_is_503_naming_the_campaign(server, sync_redis) -> None:
+    response = create(server, campaign_body(), FakeCelery(fail=True))
+    assert response.status_code == 503
+    [cid] = stored_campaigns(sync_redis)
+    assert cid.decode() in response.json()["error"]
+
+
+# --- the token
+
+
+PROTECTED = [
+    ("POST", "/v1/campaigns"),
+    ("GET", "/v1/campaigns/c1"),
+    ("POST", "/v1/campaigns/c1/pause"),
+    ("POST", "/v1/campaigns/c1/resume"),
+    ("POST", "/v1/campaigns/c1/cancel"),
+]
+BAD_AUTH = [
+    None,
+    "",
+    "Bearer",
+    "Bearer ",
+    "Bearer wrong",
+    f"Bearer {API_TOKEN}x",
+    f"Bearer {API_TOKEN[:-1]}",
+    f"Basic {API_TOKEN}",
+    API_TOKEN,
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.parametrize("authorization", BAD_AUTH)
+def test_missing_or_wrong_token_is_401(
+    server, sync_redis, method: str, path: str, authorization: str | None
+) -> None:
+    cid = write_campaign(sync_redis, 3)
+    path = path.replace("c1", cid)
+    celery = FakeCelery()
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        if authorization is not None:
+            headers["authorization"] = authorization
+        body = json.dumps(campaign_body()).encode() if method == "POST" else None
+        return await client.request(method, path, content=body, headers=headers)
+
+    response = run(server, steps, celery=celery)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert API_TOKEN not in response.text
+    assert stored_campaigns(sync_redis) == [cid.encode()] and celery.sent == []
+    assert sync_redis.hget(keys.campaign(cid), "state") == b"active"
+
+
+def test_bearer_scheme_is_case_insensitive(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 3)
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await client.get(
+            f"/v1/campaigns/{cid}", headers={"authorization": f"bearer {API_TOKEN}"}
+        )
+
+    assert run(server, steps).status_code == 200
+
+
+def test_the_app_refuses_to_exist_without_a_token() -> None:
+    with pytest.raises(ConfigError, match="SMSQ_API_TOKEN is not set"):
+        http.create_app(make_settings())
+
+
+def test_main_without_a_token_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        http.main(["--port", "1"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "smsq: configuration error: SMSQ_API_TOKEN is not set\n"
+
+
+# --- GET /v1/campaigns/{id}
+
+
+def test_status_is_what_smsq_status_json_prints(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 5, name="promo")
+
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[httpx.Response, Any]:
+        response = await client.get(f"/v1/campaigns/{cid}", headers=AUTH)
+        status = await ledger.status(cid)
+        assert status is not None
+        return response, status.as_dict()
+
+    response, expected = run(server, steps)
+    assert response.status_code == 200
+    assert response.json() == expected
+    assert expected["counts"]["queued"] == 5 and expected["name"] == "promo"
+
+
+@pytest.mark.parametrize("cid", ["0123456789abcdef", "a:b", "x" * 65, "%20"])
+def test_unknown_campaign_is_404(server, cid: str) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> list[httpx.Response]:
+        return [
+            await client.get(f"/v1/campaigns/{cid}", headers=AUTH),
+            *[
+                await client.post(f"/v1/campaigns/{cid}/{action}", headers=AUTH)
+                for action in ("pause", "resume", "cancel")
+            ],
+        ]
+
+    for response in run(server, steps):
+        assert response.status_code == 404, response.text
+        assert "no campaign" in response.json()["error"]
+
+
+def test_redis_down_while_reading_status_is_503(server) -> None:
+    server.connected = False
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await client.get("/v1/campaigns/c1", headers=AUTH)
+
+    response = run(server, steps)
+    assert response.status_code == 503 and response.headers["retry-after"]
+
+
+# --- pause, resume, cancel
+
+
+def control(server: fakeredis.FakeServer, cid: str, *actions: str, celery=None) -> list[Any]:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> list[httpx.Response]:
+        return [
+            await client.post(f"/v1/campaigns/{cid}/{action}", headers=AUTH) for action in actions
+        ]
+
+    return list(run(server, steps, celery=celery))
+
+
+def test_pause_then_resume_requeues_the_batches_with_queued_messages(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 250, batch_size=100)
+    celery = FakeCelery()
+    paused, resumed = control(server, cid, "pause", "resume", celery=celery)
+    assert paused.status_code == 200
+    assert paused.json() == {"campaign_id": cid, "state": "paused"}
+    assert resumed.status_code == 200
+    assert resumed.json() == {
+        "campaign_id": cid,
+        "state": "active",
+        "batches_queued": 3,
+        "halt_lifted": False,
+    }
+    assert sorted(args[1] for _, args, _ in celery.sent) == [0, 1, 2]
+    assert sync_redis.hget(keys.campaign(cid), "state") == b"active"
+
+
+def test_paused_state_is_stored(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 3)
+    [response] = control(server, cid, "pause")
+    assert response.status_code == 200
+    assert sync_redis.hget(keys.campaign(cid), "state") == b"paused"
+
+
+@pytest.mark.parametrize(
+    ("flag", "restored"), [(keys.halt(), "auth_restored"), (keys.backoff(), "api_restored")]
+)
+def test_resume_lifts_a_halt_or_backoff_and_requeues_parked_batches(
+    server, sync_redis, read_events, flag: str, restored: str
+) -> None:
+    cid = write_campaign(sync_redis, 3)
+    other = write_campaign(sync_redis, 3)
+    sync_redis.set(flag, json.dumps({"detail": "Authorization failed"}))
+    sync_redis.zadd(keys.parked(), {f"{other}|0": 1.0})
+    celery = FakeCelery()
+    [response] = control(server, cid, "resume", celery=celery)
+    assert response.status_code == 200
+    assert response.json()["halt_lifted"] is True
+    assert response.json()["batches_queued"] == 2
+    assert sync_redis.get(flag) is None and sync_redis.zcard(keys.parked()) == 0
+    assert sorted(args[0] for _, args, _ in celery.sent) == sorted([cid, other])
+    assert [e["type"] for e in read_events()] == [restored]
+
+
+def test_cancel_cancels_queued_messages_and_is_repeatable(server, sync_redis, counts) -> None:
+    cid = write_campaign(sync_redis, 4)
+    first, again = control(server, cid, "cancel", "cancel")
+    assert first.status_code == 200
+    assert first.json() == {"campaign_id": cid, "state": "cancelled", "cancelled": 4}
+    assert again.status_code == 200 and again.json()["cancelled"] == 0
+    assert counts(cid) == {"cancelled": 4}
+
+
+def test_pause_or_resume_of_a_cancelled_campaign_is_409(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 2, state=CampaignState.CANCELLED)
+    celery = FakeCelery()
+    for response in control(server, cid, "pause", "resume", celery=celery):
+        assert response.status_code == 409
+        assert response.json() == {"error": f"campaign {cid} is cancelled"}
+    assert sync_redis.hget(keys.campaign(cid), "state") == b"cancelled" and celery.sent == []
+
+
+def test_redis_down_while_pausing_is_503(server) -> None:
+    server.connected = False
+    [response] = control(server, "c1", "pause")
+    assert response.status_code == 503
+
+
+# --- the rest
+
+
+def test_healthz_needs_no_token(server) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await client.get("/healthz")
+
+    response = run(server, steps)
+    assert response.status_code == 200 and response.json() == {"ok": True}
+
+
+def test_unknown_paths_and_methods_answer_json(server) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> list[httpx.Response]:
+        return [
+            await client.get("/v2/campaigns", headers=AUTH),
+            await client.delete("/v1/campaigns/c1", headers=AUTH),
+        ]
+
+    missing, wrong_method = run(server, steps)
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+    assert wrong_method.status_code == 405 and wrong_method.json() == {
+        "error": "Method Not Allowed"
+    }

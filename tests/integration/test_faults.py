@@ -107,12 +107,12 @@ def arrival_of(stack: TestStack, destination: str, timeout_s: float) -> float:
 def test_an_outage_is_ridden_out_with_probes_and_expired_messages_are_never_sent(
     make_stack, tmp_path: Path
 ):
-    stack = make_stack(rate_per_s=50, SMSQ_RETRY_LATER_S="5", SMSQ_RETRY_MAX_WAIT_S="1")
+    stack = make_stack(rate_per_s=100, SMSQ_RETRY_LATER_S="5", SMSQ_RETRY_MAX_WAIT_S="1")
     stack.start_callbacks()
     stack.start_simulator("--latency-ms", "5", "--callback-delay-ms", "50")
     stack.start_worker("one", concurrency=2)
     stack.start_worker("two", concurrency=2)
-    numbers = write_numbers(tmp_path / "n.csv", 3000)
+    numbers = write_numbers(tmp_path / "n.csv", 1500)
     cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "big")["campaign_id"]
     stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 100)
 
@@ -148,7 +148,7 @@ def test_an_outage_is_ridden_out_with_probes_and_expired_messages_are_never_sent
     stack.wait_done(cid, timeout_s=120)
     wait_callbacks_settled(stack)
     tally = check_once_and_settled(stack, cid, numbers)
-    assert tally["states"] == {"sent": 3000}
+    assert tally["states"] == {"sent": 1500}
     expired = stack.status(short_lived)["counts"]
     assert expired["expired"] == 20
     received = {m["destination"] for m in stack.sim("messages")}
@@ -219,7 +219,7 @@ def test_a_redis_restart_is_ridden_out_by_every_component(make_stack, tmp_path: 
     stack.start_worker("one", concurrency=2)
     stack.start_worker("two", concurrency=2)
     producer = Producer(Settings(_env_file=None, **_settings_kwargs(stack)))  # type: ignore[call-arg]
-    numbers = write_numbers(tmp_path / "n.csv", 1500)
+    numbers = write_numbers(tmp_path / "n.csv", 1000)
     cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "restart")["campaign_id"]
     stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 200)
 
@@ -235,7 +235,7 @@ def test_a_redis_restart_is_ridden_out_by_every_component(make_stack, tmp_path: 
     stack.wait_done(second, timeout_s=60)
     wait_callbacks_settled(stack, timeout_s=60)
     tally = check_once_and_settled(stack, cid, numbers)
-    assert tally["states"].get("sent", 0) + tally["unknown"] == 1500
+    assert tally["states"].get("sent", 0) + tally["unknown"] == 1000
     assert check_once_and_settled(stack, second, later)["states"] == {"sent": 50}
     for proc in [*stack.workers, stack.callbacks]:
         assert proc is not None and proc.running

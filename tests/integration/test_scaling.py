@@ -17,7 +17,7 @@ from tests.integration.conftest import max_in_any_window, write_numbers
 from tests.integration.test_faults import check_once_and_settled, wait_callbacks_settled
 
 RATE_PER_S = 100
-SIZE = 2500
+SIZE = 1500
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -81,8 +81,12 @@ def test_four_workers_share_one_campaign_and_one_rate(make_stack, tmp_path: Path
     assert figures[("smsq_queue_depth", (("queue", "smsq.campaigns"),))] == 0
     assert figures[("smsq_oldest_queued_age_seconds", ())] == 0
     assert figures[("smsq_events_stream_length", ())] >= 2 * SIZE
-    success = (("outcome", "applied"), ("status", "Success"))
-    assert figures[("smsq_callbacks_total", success)] == SIZE
+    # Each Success callback was applied, or kept because it beat its 201 (then joined).
+    success = sum(
+        figures.get(("smsq_callbacks_total", (("outcome", outcome), ("status", "Success"))), 0)
+        for outcome in ("applied", "orphan")
+    )
+    assert success == SIZE
     by_state = collections.Counter(
         {labels[0][1]: v for (name, labels), v in figures.items() if name == "smsq_messages"}
     )

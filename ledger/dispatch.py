@@ -68,12 +68,16 @@ def dispatch(app: Any, cid: str, batches: Iterable[int], *, priority: bool = Fal
 
 async def dispatch_parked(app: Any, ledger: Ledger, *, due_only: bool = True) -> int:
     """Put parked batches (stopped by a halt, a backoff or spent retries) back on the queues;
-    a single message goes back on the priority queue."""
+    a single message goes back on the priority queue. A batch leaves the parked set only once
+    published, so a failure between the two leaves it parked, never with no task at all."""
     published = 0
     priority: dict[str, bool] = {}
     for cid, batch_no in await ledger.unpark(due_only=due_only):
         if cid not in priority:
             c = await ledger.campaign(cid)
             priority[cid] = bool(c and c.priority)
+        if not await ledger.take_parked(cid, batch_no, force=not due_only):
+            continue  # another worker's supervisor took it
         published += dispatch(app, cid, [batch_no], priority=priority[cid])
+        await ledger.done_parked(cid, batch_no)
     return published

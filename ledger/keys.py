@@ -24,6 +24,7 @@ Key shapes (``{cid}`` is a campaign id, ``{b}`` a batch number, ``{sec}`` a Unix
 - ``smsq:backoff``                   string with a TTL: DIDWW is unavailable, no worker posts
 - ``smsq:parked``                    sorted set: ``cid|batch`` stopped by a halt, a backoff or spent
                                       retries, scored by when it may run again
+- ``smsq:parked:lease:{cid}|{b}``    string with a TTL: a supervisor is publishing that batch
 - ``smsq:inflight``                  hash: ``cid|batch|owner`` -> last heartbeat (Redis time, s)
                                       of the worker process sending that batch
 - the events stream: its name is a setting (``SMSQ_EVENTS_STREAM``, default ``smsq:events``)

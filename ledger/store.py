@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -99,9 +99,12 @@ class CallbackUpdate:
         value = self.event.get("time_start")
         if isinstance(value, str):
             try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
                 pass
+            else:
+                # DIDWW's times are UTC; one without a zone is read as UTC, not local time.
+                return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
         return time.time()
 
 
@@ -153,6 +156,8 @@ def _outcome(reply: list[Any]) -> list[str]:
     return [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
 
 
+# A parked batch taken to be published is due again after this long if its publisher failed.
+PARK_LEASE_S = 60
 # Seconds of posting history the status command averages the send rate over.
 RATE_WINDOW_S = 10
 
@@ -257,27 +262,61 @@ class Ledger:
         # From unknown too: a sweep may have given up on a request that then got its 400.
         return await self.move(c, r, (State.SENDING, State.UNKNOWN), State.REJECTED, detail=detail)
 
-    def _unknown_options(self) -> list[Any]:
-        s = self.settings
-        return [self.stream, self.maxlen, s.match_window_s, s.orphan_ttl_s, s.didww_id_ttl_s]
-
-    async def mark_unknown(self, c: Campaign, r: Record, detail: str) -> list[str]:
-        """sending -> unknown; settled at once if a kept callback matches it by source,
-        destination and time. Returns ['unknown'] or ['settled', state] (or a skip)."""
+    async def mark_unknown(
+        self, c: Campaign, r: Record, detail: str, posted_at: float | None = None
+    ) -> list[str]:
+        """sending -> unknown, indexed by source and destination (posted_at: when its last
+        attempt went out) so that its callback can settle it later; see settle_orphans."""
         batch_no = c.batch_of(r.index)
-        event = json.loads(self._event(c, r, detail=detail))
         reply = await self.scripts["unknown"](
             keys=[keys.batch(c.id, batch_no)],
-            args=[c.id, batch_no, r.index, c.source, json.dumps(event), *self._unknown_options()],
+            args=[
+                c.id,
+                batch_no,
+                r.index,
+                c.source,
+                self._event(c, r, detail=detail),
+                self.stream,
+                self.maxlen,
+                self.settings.orphan_ttl_s,
+                f"{posted_at or time.time():.3f}",
+            ],
         )
         return _outcome(reply)
+
+    async def settle_orphans(self, settle_after_s: float, limit: int = 500) -> int:
+        """Match callbacks kept longer than settle_after_s to unknown messages with the same
+        source and destination posted nearest in time (within SMSQ_MATCH_WINDOW_S), and
+        settle those. Returns how many were settled."""
+        reply = await self.scripts["settle"](
+            keys=[],
+            args=[
+                f"{time.time():.3f}",
+                settle_after_s,
+                self.settings.match_window_s,
+                self.stream,
+                self.maxlen,
+                self.settings.didww_id_ttl_s,
+                max(5.0, settle_after_s / 2),
+                limit,
+            ],
+        )
+        return int(reply)
 
     async def sweep(self, c: Campaign, batch_no: int, owner: str, detail: str) -> int:
         """Every message of a batch that owner claimed and did not finish -> unknown."""
         event = events.message_event(c.id, None, "", c.source, None, detail=detail)
         reply = await self.scripts["sweep"](
             keys=[keys.batch(c.id, batch_no), keys.campaign(c.id)],
-            args=[owner, c.id, batch_no, events.encode(event), *self._unknown_options()],
+            args=[
+                owner,
+                c.id,
+                batch_no,
+                events.encode(event),
+                self.stream,
+                self.maxlen,
+                self.settings.orphan_ttl_s,
+            ],
         )
         return int(reply)
 
@@ -286,8 +325,8 @@ class Ledger:
         return await self.move(c, r, (State.SENDING,), State.QUEUED, publish=False)
 
     async def apply_callback(self, update: CallbackUpdate) -> str:
-        """Apply a callback once; returns applied, matched (it settled an unknown message by
-        source, destination and time), orphan (kept for its 201) or duplicate."""
+        """Apply a callback once; returns applied, orphan (kept: for its 201, or to be matched
+        to an unknown message by settle_orphans) or duplicate."""
         index_key = keys.didww(update.didww_id)
         found = await self.redis.get(index_key)
         for _ in range(3):
@@ -303,7 +342,11 @@ class Ledger:
                 )
                 event["campaign_id"] = cid
                 event["message_id"] = keys.message_id(cid, int(index))
-            orphan = {"state": str(update.final_state), "event": update.event}
+            orphan = {
+                "state": str(update.final_state),
+                "event": update.event,
+                "t": update.started_at,
+            }
             reply = _outcome(
                 await self.scripts["callback"](
                     keys=[
@@ -325,8 +368,6 @@ class Ledger:
                         update.event.get("source") or "",
                         update.event.get("destination") or "",
                         f"{update.started_at:.3f}",
-                        self.settings.match_window_s,
-                        self.settings.didww_id_ttl_s,
                         f"{time.time():.3f}",
                         update.didww_id,
                     ],
@@ -404,14 +445,28 @@ class Ledger:
         await self.redis.zadd(keys.parked(), {f"{cid}|{batch_no}": time.time() + delay_s})
 
     async def unpark(self, *, due_only: bool = True) -> list[tuple[str, int]]:
-        """Take the parked batches that are due (or all); each is returned to one caller."""
+        """The parked batches that are due (or all), without taking them: take each with
+        take_parked just before publishing it, so a failure leaves the rest parked."""
         top = time.time() if due_only else "+inf"
-        taken = []
+        found = []
         for raw in await self.redis.zrangebyscore(keys.parked(), "-inf", top):
-            if await self.redis.zrem(keys.parked(), raw):
-                cid, _, batch_no = raw.decode().rpartition("|")
-                taken.append((cid, int(batch_no)))
-        return taken
+            cid, _, batch_no = raw.decode().rpartition("|")
+            found.append((cid, int(batch_no)))
+        return found
+
+    async def take_parked(self, cid: str, batch_no: int, *, force: bool = False) -> bool:
+        """True for the one caller that takes this parked batch to publish it (a lease of
+        PARK_LEASE_S); call done_parked once it is published."""
+        taken = await self.scripts["lease"](
+            keys=[keys.parked()],
+            args=[f"{cid}|{batch_no}", f"{time.time():.3f}", PARK_LEASE_S, "1" if force else "0"],
+        )
+        return bool(taken)
+
+    async def done_parked(self, cid: str, batch_no: int) -> None:
+        member = f"{cid}|{batch_no}"
+        await self.redis.zrem(keys.parked(), member)
+        await self.redis.delete(f"{keys.parked()}:lease:{member}")
 
     # In-flight batches: each worker process beats for the batch it sends; a batch whose
     # beats stopped belongs to a lost worker (see worker/supervisor.py).
@@ -455,10 +510,9 @@ class Ledger:
 
     async def trunk(self) -> Trunk:
         halt, backoff = await self.trunk_flags()
-        kept_since = time.time() - self.settings.orphan_ttl_s
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(keys.parked())
-        pipe.zcount(keys.orphans(), kept_since, "+inf")
+        pipe.zcard(keys.orphans())
         parked, waiting = await pipe.execute()
         return Trunk(halt, backoff, int(parked), int(waiting), await self.stats())
 

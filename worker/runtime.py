@@ -10,7 +10,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from ledger.settings import Settings
 from ledger.store import Ledger
@@ -27,7 +27,15 @@ class Runtime:
         # Names this process in its claims and heartbeats: unique across hosts and processes.
         self.owner = f"{socket.gethostname()}:{self.pid}"
         self.loop = asyncio.new_event_loop()
-        self.redis = Redis.from_url(settings.redis_url, health_check_interval=30)
+        # A blocking pool: SMSQ_CONCURRENCY requests may need Redis at once, and redis-py's
+        # default pool raises past its limit instead of waiting for a connection.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.concurrency + 10,
+            timeout=settings.connect_timeout_s,
+            health_check_interval=30,
+        )
+        self.redis = Redis(connection_pool=pool)
         self.ledger = Ledger(self.redis, settings)
         self.client = DidwwClient(settings)
         self.limiter = RateLimiter(self.redis, settings.send_interval_s)

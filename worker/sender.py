@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -44,6 +45,11 @@ PARK_FOR = frozenset({HALTED, BACKOFF, RETRY_LATER})
 BEAT_S = 2.0
 # A backoff after spent retries lasts SMSQ_RETRY_LATER_S, give or take this share.
 BACKOFF_JITTER = 0.2
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class Stopped(Exception):
@@ -137,10 +143,18 @@ class Sender:
 
             # A TaskGroup cancels the other requests if one fails (a Redis error), so none
             # keeps running after the task has given up.
-            async with asyncio.TaskGroup() as group:
-                for record in records:
-                    if record.state is State.QUEUED:
-                        group.create_task(one(record))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for record in records:
+                        if record.state is State.QUEUED:
+                            group.create_task(one(record))
+            except ExceptionGroup as failed:
+                # The task retries the batch on a Redis error (worker/tasks.py): raise that
+                # one error, not the group, so it is recognised.
+                redis_errors = failed.subgroup(RedisError)
+                if redis_errors is not None:
+                    raise _first(redis_errors) from failed
+                raise
             if result.stopped in PARK_FOR:
                 await self.ledger.park(cid, batch_no)
         for outcome in ("accepted", "rejected", "unknown", "expired", "cancelled", "released"):
@@ -181,8 +195,9 @@ class Sender:
         if outcome[0] != "claimed":
             self._not_claimed(outcome, result)
             return
+        posted = [time.time()]
         try:
-            didww_id = await self._post(c, r, slot_at)
+            didww_id = await self._post(c, r, slot_at, posted)
         except Rejected as exc:
             await self.ledger.reject(c, r, exc.detail)
             result.rejected += 1
@@ -196,9 +211,9 @@ class Sender:
             await self._release(c, r, result)
             result.stopped = result.stopped or stop.reason
         except Ambiguous as exc:
-            outcome = await self.ledger.mark_unknown(c, r, exc.detail)
+            await self.ledger.mark_unknown(c, r, exc.detail, posted_at=posted[0])
             result.unknown += 1
-            log.warning("message_unknown", detail=exc.detail, settled=outcome[-1])
+            log.warning("message_unknown", detail=exc.detail)
         except Retryable as exc:
             await self._release(c, r, result)
             result.stopped = RETRY_LATER
@@ -214,7 +229,9 @@ class Sender:
             result.accepted += 1
             log.info("message_accepted", settled=joined[1] if len(joined) > 1 else None)
 
-    async def _post(self, c: Campaign, r: Record, slot_at: float | None) -> str:
+    async def _post(
+        self, c: Campaign, r: Record, slot_at: float | None, posted: list[float]
+    ) -> str:
         """POST with tenacity retries by error class; each retry takes a new rate slot."""
         async for attempt in AsyncRetrying(
             retry=self._retry,
@@ -232,6 +249,7 @@ class Sender:
                 elif slot_at is None:
                     slot_at = await self.limiter.acquire_slot()
                 await self.limiter.keep_fresh(slot_at)
+                posted[0] = time.time()  # when this attempt went out, for matching its callback
                 return await self._timed_send(c, r)
         raise AssertionError("unreachable: tenacity reraises the last error")
 

@@ -21,7 +21,7 @@ from celery import bootsteps
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ledger.dispatch import dispatch, dispatch_parked
+from ledger.dispatch import dispatch_parked
 from ledger.settings import Settings
 from ledger.store import Ledger
 from worker import metrics
@@ -80,6 +80,12 @@ class Supervisor:
         self._ticks += 1
         if self._ticks % SWEEP_EVERY == 0:
             await self._recover_lost(ledger)
+            # A callback kept this long cannot belong to a message whose 201 is still on its
+            # way (the read timeout has passed), so matching it by time takes it from no one.
+            settle_after = self.settings.read_timeout_s + SWEEP_EVERY * TICK_S
+            settled = await ledger.settle_orphans(settle_after)
+            if settled:
+                log.info("unknown_settled_by_callback", messages=settled)
         halt, backoff = await ledger.trunk_flags()
         if halt or backoff:
             await self._probe(ledger, client, halted=halt is not None)
@@ -118,9 +124,11 @@ class Supervisor:
             swept = 0
             if c is not None:
                 swept = await ledger.sweep(c, batch_no, owner, "the worker sending it was lost")
-            # Whoever removes the entry puts the batch back: one task, not one per worker.
-            if await ledger.end_batch(cid, batch_no, owner) and c is not None:
-                dispatch(self.app, cid, [batch_no], priority=c.priority)
+            # Parked before the entry goes: a failure in between leaves one or the other, and
+            # the parked batch is published on a later tick (dispatch_parked).
+            if c is not None:
+                await ledger.park(cid, batch_no)
+            if await ledger.end_batch(cid, batch_no, owner):
                 log.warning(
                     "lost_batch_recovered",
                     campaign_id=cid,

@@ -61,28 +61,13 @@ local function settle_unknown(m, cb, o)
 end
 
 -- sending -> unknown: the request may have reached DIDWW but its answer did not reach us.
--- The message is indexed by source and destination; a kept callback that matches settles it
--- at once. o: {stream, maxlen, window, orphan_ttl, didww_ttl}. Returns the state it ends in.
+-- The message is indexed by source and destination, so that a callback nobody claims can be
+-- matched to it later (settle.lua). o: {stream, maxlen, orphan_ttl}.
 local function to_unknown(m, source, posted_at, event, o)
-  local bkey = batch_key(m.cid, m.batch)
-  redis.call('HSET', bkey, m.index, 'unknown|' .. m.dest .. '|' .. posted_at)
+  redis.call('HSET', batch_key(m.cid, m.batch), m.index, 'unknown|' .. m.dest .. '|' .. posted_at)
   move(counts_key(m.cid), 'sending', 'unknown')
   publish(o.stream, o.maxlen, cjson.encode(event), 'unknown')
-  local t = tonumber(posted_at)
-  local okey = orphans_by_pair(source, m.dest)
-  local id = nearest(okey, t, o.window, function(member)
-    return redis.call('EXISTS', orphan_key(member)) == 1
-  end)
-  if id then
-    local kept = cjson.decode(redis.call('GET', orphan_key(id)))
-    redis.call('DEL', orphan_key(id))
-    redis.call('ZREM', okey, id)
-    redis.call('ZREM', ORPHANS, id)
-    settle_unknown(m, {id = id, state = kept['state'], event = kept['event']}, o)
-    return kept['state']
-  end
   local ukey = unknown_by_pair(source, m.dest)
-  redis.call('ZADD', ukey, t, m.cid .. '|' .. m.batch .. '|' .. m.index)
+  redis.call('ZADD', ukey, tonumber(posted_at), m.cid .. '|' .. m.batch .. '|' .. m.index)
   redis.call('EXPIRE', ukey, o.orphan_ttl)
-  return 'unknown'
 end

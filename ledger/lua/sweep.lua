@@ -4,12 +4,11 @@
 -- KEYS[1] batch hash   KEYS[2] campaign hash
 -- ARGV[1] owner   ARGV[2] campaign id   ARGV[3] batch   ARGV[4] event base JSON (campaign
 -- fields; message_id and destination are set here)   ARGV[5] stream   ARGV[6] stream maxlen
--- ARGV[7] match window (s)   ARGV[8] orphan TTL (s)   ARGV[9] DIDWW id TTL (s)
+-- ARGV[7] orphan TTL (s)
 -- Returns the number of messages marked unknown.
 local source = redis.call('HGET', KEYS[2], 'source')
 if not source then return 0 end
-local o = {stream = ARGV[5], maxlen = ARGV[6], window = tonumber(ARGV[7]),
-           orphan_ttl = ARGV[8], didww_ttl = ARGV[9]}
+local o = {stream = ARGV[5], maxlen = ARGV[6], orphan_ttl = ARGV[7]}
 local suffix = '@' .. ARGV[1]
 local swept = 0
 local records = redis.call('HGETALL', KEYS[1])

@@ -74,7 +74,14 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., TestStack]]:
         server = RedisServer(tmp_path / f"stack{len(made)}", appendonly=appendonly).start()
         workdir = server.dir.parent
         settings = default_settings_env(
-            server.url, **{"SMSQ_RATE_LIMIT": str(rate_per_s), "SMSQ_PROBE_INTERVAL_S": "1", **env}
+            server.url,
+            **{
+                "SMSQ_RATE_LIMIT": str(rate_per_s),
+                "SMSQ_PROBE_INTERVAL_S": "1",
+                # Kept callbacks are matched to unknown messages once this has passed.
+                "SMSQ_READ_TIMEOUT_S": "5",
+                **env,
+            },
         )
         stack = TestStack(workdir, server.url, settings)
         stack.server = server

@@ -68,12 +68,8 @@ def test_a_flaky_api_loses_nothing_and_sends_nothing_twice(make_stack, tmp_path:
     numbers = write_numbers(tmp_path / "n.csv", 3000)
     cid = stack.send("--recipients", str(tmp_path / "n.csv"), "--text", "flaky")["campaign_id"]
     stack.wait_done(cid, timeout_s=150)
-    # Settling by callback continues after `done`: wait for the callbacks in flight.
-    deadline = time.monotonic() + 30
-    while stack.sim("stats")["callbacks_pending"] and time.monotonic() < deadline:
-        time.sleep(0.3)
-
-    tally = check_once_and_settled(stack, cid, numbers)
+    wait_callbacks_settled(stack)
+    tally = wait_settled(stack, cid, numbers)
     outcomes = stack.sim("stats")["by_outcome"]
     # The faults really happened, and every drop after acceptance was settled by matching.
     assert outcomes["503"] > 50 and outcomes["429"] > 30
@@ -84,6 +80,21 @@ def test_a_flaky_api_loses_nothing_and_sends_nothing_twice(make_stack, tmp_path:
     # Unknown is exactly the drops DIDWW never read: no callback can ever settle them.
     assert tally["unknown"] == outcomes["drop_before"]
     assert tally["states"]["sent"] == tally["received"] == len(numbers) - tally["unknown"]
+
+
+def wait_settled(
+    stack: TestStack, cid: str, numbers: list[str], timeout_s: float = 60
+) -> dict[str, Any]:
+    """check_once_and_settled, once the supervisors have matched the kept callbacks of
+    unknown messages (they wait out the read timeout first, SMSQ_READ_TIMEOUT_S=5 here)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return check_once_and_settled(stack, cid, numbers)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def wait_callbacks_settled(stack: TestStack, timeout_s: float = 30) -> None:
@@ -174,7 +185,7 @@ def test_a_killed_worker_loses_nothing_and_its_in_flight_messages_are_not_resent
     stack.wait_done(cid, timeout_s=120)
     wait_callbacks_settled(stack)
 
-    tally = check_once_and_settled(stack, cid, numbers)
+    tally = wait_settled(stack, cid, numbers)
     logs = "".join(w.log() for w in stack.workers)
     assert "lost_batch_recovered" in logs
     # Requests in flight at the kill reached the API: swept to unknown, then settled by
@@ -234,7 +245,7 @@ def test_a_redis_restart_is_ridden_out_by_every_component(make_stack, tmp_path: 
     stack.wait_done(cid, timeout_s=120)
     stack.wait_done(second, timeout_s=60)
     wait_callbacks_settled(stack, timeout_s=60)
-    tally = check_once_and_settled(stack, cid, numbers)
+    tally = wait_settled(stack, cid, numbers)
     assert tally["states"].get("sent", 0) + tally["unknown"] == 1000
     assert check_once_and_settled(stack, second, later)["states"] == {"sent": 50}
     for proc in [*stack.workers, stack.callbacks]:

@@ -53,48 +53,50 @@ def claim_time(sync_redis, cid: str, index: int) -> float:
     return float(extra.split("@")[0])
 
 
-def test_a_callback_settles_an_unknown_message_by_source_destination_and_time(
+def test_a_kept_callback_settles_an_unknown_message_by_source_destination_and_time(
     make_ledger, make_campaign, states, counts, read_events, sync_redis
 ) -> None:
     cid = make_campaign([DEST, "37060000001"])
 
-    async def go() -> tuple[str, str]:
+    async def go() -> tuple[str, int, int, str, int]:
         ledger = make_ledger()
         c, recs = await claimed(ledger, cid, 0, 1)
         assert await ledger.mark_unknown(c, recs[0], "RemoteProtocolError") == ["unknown"]
         at = claim_time(sync_redis, cid, 0) + 0.2
-        first = await ledger.apply_callback(callback("lost-201", at))
+        kept = await ledger.apply_callback(callback("lost-201", at))
+        # Too young: its 201 could still be on its way, to another message.
+        early = await ledger.settle_orphans(settle_after_s=60)
+        settled = await ledger.settle_orphans(settle_after_s=0)
         again = await ledger.apply_callback(callback("lost-201", at))
-        return first, again
+        return kept, early, settled, again, (await ledger.trunk()).orphans_waiting
 
-    assert run(go()) == ("matched", "duplicate")
+    assert run(go()) == ("orphan", 0, 1, "duplicate", 0)
     assert states(cid) == {0: "sent", 1: "sending"}
     assert counts(cid) == {"sent": 1, "sending": 1}
     sent = [e for e in read_events() if e["type"] == "sent"]
     assert len(sent) == 1
     assert sent[0]["campaign_id"] == cid and sent[0]["message_id"] == f"{cid}-0"
     assert sent[0]["didww_id"] == "lost-201"
+    assert sent[0]["matched_by"] == "source, destination and time"
     assert sync_redis.get(keys.didww("lost-201")) == f"{cid}|0|0".encode()
     assert int(sync_redis.hget(keys.stats(), "callbacks_matched")) == 1
 
 
-def test_a_callback_that_came_first_settles_the_message_when_it_becomes_unknown(
+def test_a_callback_that_came_first_settles_the_message_once_it_is_unknown(
     make_ledger, make_campaign, states, read_events, sync_redis
 ) -> None:
     cid = make_campaign([DEST])
 
-    async def go() -> tuple[str, list[str], dict[str, Any]]:
+    async def go() -> tuple[str, int, list[str], int]:
         ledger = make_ledger()
         c, recs = await claimed(ledger, cid, 0)
         at = claim_time(sync_redis, cid, 0) + 0.1
         kept = await ledger.apply_callback(callback("early", at, status="Failed"))
-        trunk = (await ledger.trunk()).as_dict()
-        return kept, await ledger.mark_unknown(c, recs[0], "ReadTimeout"), trunk
+        waiting = (await ledger.trunk()).orphans_waiting
+        marked = await ledger.mark_unknown(c, recs[0], "ReadTimeout", posted_at=at - 0.05)
+        return kept, waiting, marked, await ledger.settle_orphans(settle_after_s=0)
 
-    kept, marked, trunk = run(go())
-    assert kept == "orphan"
-    assert trunk["orphan_callbacks_waiting"] == 1
-    assert marked == ["settled", "failed"]
+    assert run(go()) == ("orphan", 1, ["unknown"], 1)
     assert states(cid) == {0: "failed"}
     assert [e["type"] for e in read_events()] == ["unknown", "failed"]
     assert read_events()[-1]["message_id"] == f"{cid}-0"
@@ -109,21 +111,31 @@ def test_the_nearest_unknown_message_in_time_wins_and_far_ones_never_match(
     second = make_campaign([DEST])
     settings = make_settings(match_window_s=60)
 
-    async def go() -> tuple[str, str]:
+    async def go() -> tuple[int, int]:
         ledger = make_ledger(settings)
         for cid in (first, second):
             c, recs = await claimed(ledger, cid, 0)
-            await ledger.mark_unknown(c, recs[0], "timeout")
-        near_second = claim_time(sync_redis, second, 0) + 0.001
+            await ledger.mark_unknown(
+                c, recs[0], "timeout", posted_at=claim_time(sync_redis, cid, 0)
+            )
         far = claim_time(sync_redis, first, 0) + 3600
-        return (
-            await ledger.apply_callback(callback("far", far)),
-            await ledger.apply_callback(callback("near", near_second)),
-        )
+        await ledger.apply_callback(callback("far", far))
+        none = await ledger.settle_orphans(settle_after_s=0)
+        near_second = claim_time(sync_redis, second, 0) + 0.001
+        await ledger.apply_callback(callback("near", near_second))
+        return none, await ledger.settle_orphans(settle_after_s=0)
 
-    assert run(go()) == ("orphan", "matched")
+    assert run(go()) == (0, 1)
     assert states(second) == {0: "sent"}
     assert states(first) == {0: "unknown"}
+    # The far one stays kept, to be looked at again later.
+    assert sync_redis.exists(keys.orphan("far")) == 1
+
+
+def test_a_naive_time_start_is_utc() -> None:
+    update = callback("x", 0.0)
+    update.event["time_start"] = "2024-07-16T19:20:30"
+    assert update.started_at == datetime(2024, 7, 16, 19, 20, 30, tzinfo=UTC).timestamp()
 
 
 def test_sweep_marks_only_the_lost_owners_claims_unknown(
@@ -167,17 +179,29 @@ def test_heartbeats_find_silent_batches(make_ledger, sync_redis) -> None:
     assert (ended, again) == (True, False)
 
 
-def test_parked_batches_come_back_once_when_due(make_ledger) -> None:
-    async def go() -> tuple[list, list, list, list]:
+def test_a_parked_batch_is_taken_by_one_caller_and_kept_until_published(
+    make_ledger, sync_redis
+) -> None:
+    async def go() -> tuple:
         ledger = make_ledger()
         await ledger.park("c1", 3)
         await ledger.park("c2", 0, delay_s=3600)
         due = await ledger.unpark()
-        again = await ledger.unpark()
-        everything = await ledger.unpark(due_only=False)
-        return due, again, everything, await ledger.unpark(due_only=False)
+        first = await ledger.take_parked("c1", 3)
+        second = await ledger.take_parked("c1", 3)  # another supervisor: no
+        # Taken but not yet published: still parked, due again after the lease.
+        still = await ledger.unpark(due_only=False)
+        await ledger.done_parked("c1", 3)
+        not_due = await ledger.take_parked("c2", 0)
+        forced = await ledger.take_parked("c2", 0, force=True)
+        return due, first, second, still, await ledger.unpark(due_only=False), not_due, forced
 
-    assert run(go()) == ([("c1", 3)], [], [("c2", 0)], [])
+    due, first, second, still, left, not_due, forced = run(go())
+    assert due == [("c1", 3)]
+    assert (first, second) == (True, False)
+    assert sorted(still) == [("c1", 3), ("c2", 0)]
+    assert left == [("c2", 0)]
+    assert (not_due, forced) == (False, True)
 
 
 def test_backoff_stops_claims_and_alerts_once(make_ledger, make_campaign, read_events) -> None:

@@ -368,3 +368,18 @@ def test_a_batch_refused_by_a_backoff_is_parked(
     assert didww.destinations() == []
     assert counts(cid) == {"queued": 3}
     assert sync_redis.zrange(keys.parked(), 0, -1) == [f"{cid}|0".encode()]
+
+
+def test_a_redis_error_mid_batch_comes_out_as_itself_for_the_task_to_retry(
+    server, settings, make_campaign, monkeypatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    cid = make_campaign(5)
+
+    async def broken_claim(self, c, r, owner):  # type: ignore[no-untyped-def]
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(Ledger, "claim", broken_claim)
+    with pytest.raises(RedisConnectionError, match="went away"):
+        send(server, settings, cid, Didww())

@@ -19,6 +19,13 @@ test: $(STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/python -m pytest
 
+# The benchmark against the simulator (about 12 minutes on 2 cores; ARGS="--only enqueue"
+# picks scenarios); see docs/performance.md.
+bench: $(STAMP)
+	@ops/require-redis.sh
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@$(BIN)/python -m ops.bench $(ARGS)
+
 lint: $(STAMP)
 	@$(BIN)/ruff check .
 

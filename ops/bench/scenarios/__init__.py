@@ -1,0 +1,1 @@
+"""One module per scenario of the issue; each has `run(ctx) -> ScenarioResult`."""

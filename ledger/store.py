@@ -325,58 +325,30 @@ class Ledger:
         return await self.move(c, r, (State.SENDING,), State.QUEUED, publish=False)
 
     async def apply_callback(self, update: CallbackUpdate) -> str:
-        """Apply a callback once; returns applied, orphan (kept: for its 201, or to be matched
-        to an unknown message by settle_orphans) or duplicate."""
-        index_key = keys.didww(update.didww_id)
-        found = await self.redis.get(index_key)
-        for _ in range(3):
-            indexed = found.decode() if isinstance(found, bytes) else (found or "")
-            event = dict(update.event)
-            batch_key, field, counts_key = keys.orphan(update.didww_id), "0", keys.stats()
-            if indexed:
-                cid, batch_no, index = indexed.split("|")
-                batch_key, field, counts_key = (
-                    keys.batch(cid, int(batch_no)),
-                    index,
-                    keys.counts(cid),
-                )
-                event["campaign_id"] = cid
-                event["message_id"] = keys.message_id(cid, int(index))
-            orphan = {
-                "state": str(update.final_state),
-                "event": update.event,
-                "t": update.started_at,
-            }
-            reply = _outcome(
-                await self.scripts["callback"](
-                    keys=[
-                        index_key,
-                        keys.orphan(update.didww_id),
-                        batch_key,
-                        counts_key,
-                        self.stream,
-                        keys.stats(),
-                    ],
-                    args=[
-                        indexed,
-                        field,
-                        update.final_state,
-                        events.encode(event),
-                        self.maxlen,
-                        self.settings.orphan_ttl_s,
-                        events.encode(orphan),
-                        update.event.get("source") or "",
-                        update.event.get("destination") or "",
-                        f"{update.started_at:.3f}",
-                        f"{time.time():.3f}",
-                        update.didww_id,
-                    ],
-                )
-            )
-            if reply[0] != "retry":
-                return reply[0]
-            found = reply[1]
-        raise RuntimeError(f"DIDWW id index for {update.didww_id} keeps changing")
+        """Apply a callback once, in one round trip; returns applied, orphan (kept: for its
+        201, or to be matched to an unknown message by settle_orphans) or duplicate."""
+        orphan = {"state": str(update.final_state), "event": update.event, "t": update.started_at}
+        reply = await self.scripts["callback"](
+            keys=[
+                keys.didww(update.didww_id),
+                keys.orphan(update.didww_id),
+                self.stream,
+                keys.stats(),
+            ],
+            args=[
+                update.final_state,
+                events.encode(update.event),
+                self.maxlen,
+                self.settings.orphan_ttl_s,
+                events.encode(orphan),
+                update.event.get("source") or "",
+                update.event.get("destination") or "",
+                f"{update.started_at:.3f}",
+                f"{time.time():.3f}",
+                update.didww_id,
+            ],
+        )
+        return _outcome(reply)[0]
 
     async def halt(self, detail: str) -> bool:
         """Stop all posting after a 401; True if this call raised the alert."""

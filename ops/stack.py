@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -208,13 +208,7 @@ class Stack:
         return proc
 
     def start_worker(self, name: str, concurrency: int = 1, **env: str) -> Proc:
-        argv = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "--hostname", f"{name}@%h",
-            "--concurrency", str(concurrency),
-            "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
+        argv = worker_argv(name, concurrency)
         log_path = self.workdir / f"worker-{name}.log"
         env.setdefault("SMSQ_METRICS_PORT", str(free_port()))
         proc = Proc(f"worker {name}", argv, self.env(**env), log_path).start()
@@ -242,6 +236,28 @@ class Stack:
         for proc in [*self.workers, self.callbacks, self.simulator]:
             if proc is not None:
                 proc.stop()
+
+
+def worker_argv(name: str, concurrency: int) -> list[str]:
+    """The command line of one Celery worker named name@<host>."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker", "worker",
+        "--hostname", f"{name}@%h",
+        "--concurrency", str(concurrency),
+        "--loglevel", "INFO",
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+
+
+def max_in_any_window(times: Sequence[float], window_s: float = 1.0) -> int:
+    """The most events in any half-open window [t, t + window_s) starting at an event."""
+    ordered = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(ordered):
+        while ordered[lo] <= t - window_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
 
 
 def _http_ok(url: str, proc: Proc) -> bool:

@@ -19,7 +19,14 @@ import httpx
 from ledger.settings import Settings, load_settings
 from ops.bench import baseline
 from ops.bench.sizes import Sizes
-from ops.stack import Proc, RedisServer, Stack, default_settings_env, wait_for
+from ops.stack import (
+    Proc,
+    RedisServer,
+    Stack,
+    default_settings_env,
+    wait_for,
+    worker_argv,
+)
 
 SOURCE = "37041123456"
 # One GSM-7 segment, the common case for a campaign.
@@ -72,13 +79,7 @@ class BenchStack:
         one after the other costs a second each."""
         procs = []
         for n in range(count):
-            argv = [
-                sys.executable, "-m", "celery", "-A", "worker", "worker",
-                "--hostname", f"w{n}@%h",
-                "--concurrency", str(processes),
-                "--loglevel", "INFO",
-                "--without-mingle", "--without-gossip",
-            ]  # fmt: skip
+            argv = worker_argv(f"w{n}", processes)
             log_path = self.stack.workdir / f"worker-w{n}.log"
             procs.append(Proc(f"worker w{n}", argv, self.stack.env(), log_path).start())
         self.stack.workers += procs
@@ -195,17 +196,6 @@ def wait_until(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.2)
 def rate_in_window(times: Sequence[float], start: float, end: float) -> float:
     """Arrivals per second within [start, end)."""
     return sum(1 for t in times if start <= t < end) / (end - start)
-
-
-def max_in_any_window(times: Sequence[float], window_s: float = 1.0) -> int:
-    """The most arrivals in any window [t, t + window_s) that starts at an arrival."""
-    ordered = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(ordered):
-        while ordered[lo] <= t - window_s:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def mean_rate(times: Sequence[float]) -> float:

@@ -98,14 +98,3 @@ def write_numbers(path: Path, count: int, start: int = 0) -> list[str]:
     numbers = [f"4930{start + i:08d}" for i in range(count)]
     path.write_text("destination\n" + "\n".join(f"+{n}" for n in numbers) + "\n")
     return numbers
-
-
-def max_in_any_window(times: list[float], window_s: float = 1.0) -> int:
-    """The most events in any half-open window [t, t + window_s) starting at an event."""
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window_s:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 
-from ops.bench.harness import Context, max_in_any_window, mean_rate
+from ops.bench.harness import Context, mean_rate
 from ops.bench.report import Row, ScenarioResult
+from ops.stack import max_in_any_window
 
 NAME = "limiter"
 PROCESSES = 4

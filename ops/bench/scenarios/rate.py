@@ -16,12 +16,12 @@ from ops.bench.harness import (
     BenchStack,
     Context,
     first_arrival,
-    max_in_any_window,
     mean_rate,
     numbers,
     wait_until,
 )
 from ops.bench.report import Row, ScenarioResult
+from ops.stack import max_in_any_window
 from producer.enqueue import Producer
 from producer.numbers import normalize_many
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.conftest import SOURCE, max_in_any_window, write_numbers
+from ops.stack import max_in_any_window
+from tests.integration.conftest import SOURCE, write_numbers
 
 CAMPAIGN_SIZE = 1200
 RATE_PER_S = 150

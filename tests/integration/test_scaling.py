@@ -13,7 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import max_in_any_window, write_numbers
+from ops.stack import max_in_any_window
+from tests.integration.conftest import write_numbers
 from tests.integration.test_faults import check_once_and_settled, wait_callbacks_settled
 
 RATE_PER_S = 100

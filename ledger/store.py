@@ -392,10 +392,6 @@ class Ledger:
         interval_ms = round(self.settings.probe_interval_s * 1000)
         return bool(await self.redis.set(keys.probe_lock(), owner, nx=True, px=interval_ms))
 
-    async def halted(self) -> str | None:
-        raw = await self.redis.get(keys.halt())
-        return raw.decode() if raw else None
-
     async def clear_halt(self, detail: str) -> bool:
         """Let workers post again; True if a halt was in force."""
         return await self._clear_flag(keys.halt(), events.AUTH_RESTORED, detail)
@@ -531,16 +527,6 @@ class Ledger:
             if any(v.startswith(b"queued|") for v in values):
                 found.append(batch_no)
         return found
-
-    async def active_campaigns(self) -> list[Campaign]:
-        """Campaigns that still have queued messages."""
-        result = []
-        for raw in await self.redis.zrange(keys.campaigns(), 0, -1):
-            cid = raw.decode()
-            c = await self.campaign(cid)
-            if c and (await self.counts(cid)).get(State.QUEUED, 0) > 0:
-                result.append(c)
-        return result
 
     async def stats(self) -> dict[str, int]:
         raw = await self.redis.hgetall(keys.stats())

@@ -3,15 +3,42 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from producer.segments import (
     GSM7_DEFAULT_ALPHABET,
     GSM7_EXTENSION,
+    GSM7_MULTI_PART_UNITS,
+    GSM7_SINGLE_PART_UNITS,
+    UCS2_MULTI_PART_UNITS,
+    UCS2_SINGLE_PART_UNITS,
     SegmentInfo,
     segment_info,
 )
 
 EMOJI = "\U0001f600"
+GSM7_BASIC = GSM7_DEFAULT_ALPHABET.replace("\x1b", "")
+
+
+def reference_segment_info(text: str) -> SegmentInfo:
+    """The straightforward per-character count the fast segment_info() must always agree with."""
+    if all(char in GSM7_BASIC or char in GSM7_EXTENSION for char in text):
+        sizes = [2 if char in GSM7_EXTENSION else 1 for char in text]
+        single, multi, encoding = GSM7_SINGLE_PART_UNITS, GSM7_MULTI_PART_UNITS, "GSM-7"
+    else:
+        sizes = [2 if ord(char) > 0xFFFF else 1 for char in text]
+        single, multi, encoding = UCS2_SINGLE_PART_UNITS, UCS2_MULTI_PART_UNITS, "UCS-2"
+    total = sum(sizes)
+    parts = min(total, 1)
+    if total > single:
+        room = multi
+        for size in sizes:
+            if size > room:
+                parts += 1
+                room = multi
+            room -= size
+    return SegmentInfo(encoding, parts, total)  # type: ignore[arg-type]
 
 
 def test_empty_text_has_no_segments() -> None:
@@ -88,3 +115,64 @@ def test_info_is_frozen() -> None:
     info = segment_info("hi")
     with pytest.raises(AttributeError):
         info.segments = 5  # type: ignore[misc]
+
+
+GSM7_BASIC_CHARS = st.sampled_from(GSM7_BASIC)
+GSM7_EXTENSION_CHARS = st.sampled_from(GSM7_EXTENSION)
+# ASCII characters outside GSM-7 (the escape code itself among them): they force UCS-2.
+ASCII_NOT_GSM7 = st.sampled_from(
+    [chr(code) for code in range(128) if chr(code) not in GSM7_BASIC + GSM7_EXTENSION]
+)
+BMP_CHARS = st.characters(min_codepoint=0x80, max_codepoint=0xFFFF)
+ASTRAL_CHARS = st.characters(min_codepoint=0x10000)
+# A str can hold a lone surrogate (from surrogateescape, or a JSON \ud83d escape): one unit.
+LONE_SURROGATES = st.sampled_from(["\ud83d", "\ude00", "\udbff"])
+# Long enough for several parts of either encoding, so pairs meet part boundaries.
+MAX_TEXT_CHARS = 700
+GSM7_TEXTS = st.text(st.one_of(GSM7_BASIC_CHARS, GSM7_EXTENSION_CHARS), max_size=MAX_TEXT_CHARS)
+ASCII_GSM7_TEXTS = st.text(
+    st.sampled_from([char for char in GSM7_BASIC + GSM7_EXTENSION if char.isascii()]),
+    max_size=MAX_TEXT_CHARS,
+)
+MIXED_TEXTS = st.text(
+    st.one_of(
+        GSM7_BASIC_CHARS,
+        GSM7_EXTENSION_CHARS,
+        ASCII_NOT_GSM7,
+        BMP_CHARS,
+        ASTRAL_CHARS,
+        LONE_SURROGATES,
+    ),
+    max_size=MAX_TEXT_CHARS,
+)
+UCS2_TEXTS = st.text(st.one_of(BMP_CHARS, ASTRAL_CHARS, LONE_SURROGATES), max_size=MAX_TEXT_CHARS)
+
+
+@given(st.one_of(ASCII_GSM7_TEXTS, GSM7_TEXTS, MIXED_TEXTS, UCS2_TEXTS))
+def test_fast_count_equals_the_per_character_reference(text: str) -> None:
+    assert segment_info(text) == reference_segment_info(text)
+
+
+@given(
+    st.lists(st.integers(0, 30), min_size=1, max_size=12),
+    st.sampled_from(["a", "\u00e9", "\u044f"]),
+    st.sampled_from([*GSM7_EXTENSION, EMOJI]),
+)
+def test_pairs_near_part_boundaries_equal_the_reference(
+    gaps: list[int], single: str, pair: str
+) -> None:
+    # Runs of a one-unit character broken by pairs, their lengths close to the part sizes.
+    base = GSM7_MULTI_PART_UNITS if pair in GSM7_EXTENSION else UCS2_MULTI_PART_UNITS
+    text = pair.join(single * (base - 15 + gap) for gap in gaps)
+    assert segment_info(text) == reference_segment_info(text)
+
+
+@pytest.mark.parametrize("pair", ["^", "\u20ac", EMOJI])
+@pytest.mark.parametrize("filler", ["a", "\u00e9"])
+def test_every_position_of_one_pair_in_a_long_text_equals_the_reference(
+    pair: str, filler: str
+) -> None:
+    for length in (300, 459):
+        for position in range(length):
+            text = filler * position + pair + filler * (length - position)
+            assert segment_info(text) == reference_segment_info(text), position

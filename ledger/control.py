@@ -17,20 +17,19 @@ class Resumed:
 
 
 async def resume(app: Any, ledger: Ledger, cid: str, why: str) -> Resumed | None:
-    """Resume a campaign, and lift a halt or a backoff of the whole trunk: every campaign's
-    parked batches go back on the queues. None if there is no such campaign, or it is
-    cancelled."""
-    if not await ledger.set_state(cid, CampaignState.ACTIVE):
+    """Resume a campaign, and lift a halt or a backoff of its trunk: that trunk's parked
+    batches go back on the queues. None if there is no such campaign, or it is cancelled."""
+    c = await ledger.campaign(cid)
+    if c is None or not await ledger.set_state(cid, CampaignState.ACTIVE):
         return None
     # Both flags are cleared whatever the first answered, hence | and not `or`.
-    lifted = await ledger.clear_halt(why) | await ledger.clear_backoff(why)
-    published = await dispatch_parked(app, ledger, due_only=False) if lifted else 0
+    lifted = await ledger.clear_halt(c.trunk, why) | await ledger.clear_backoff(c.trunk, why)
+    # Batches parked by the halt are due; those waiting for a schedule or quiet hours stay.
+    published = await dispatch_parked(app, ledger) if lifted else 0
     # This campaign's batches that stopped for a pause. One published twice (also parked)
     # costs a task that finds nothing to claim.
-    c = await ledger.campaign(cid)
-    if c is not None:
-        batches = await ledger.batches_with_queued(c)
-        published += dispatch(app, c.id, batches, priority=c.priority)
+    batches = await ledger.batches_with_queued(c)
+    published += dispatch(app, c.id, batches, trunk=c.trunk, priority=c.priority)
     return Resumed(published, lifted)
 
 

@@ -1,7 +1,7 @@
 """How work reaches the workers: Celery task names, queues and broker settings.
 
-The producer, the CLI and the workers all publish batches through dispatch(); only the worker
-package defines the tasks themselves.
+The producer, the CLI and the workers' supervisors all publish batches through dispatch();
+only the worker package defines the task itself.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Exchange, Queue
 
+from ledger import keys
 from ledger.settings import Settings
 
 if TYPE_CHECKING:
@@ -19,12 +20,11 @@ if TYPE_CHECKING:
 SEND_BATCH = "smsq.send_batch"
 PRIORITY_QUEUE = "smsq.priority"
 CAMPAIGN_QUEUE = "smsq.campaigns"
-# Unacked tasks come back after this long: well above the longest batch (100 messages at
-# the lowest sensible rate), so Redis rarely hands a running batch to a second worker (which
-# would be harmless: claims are atomic). Tasks are never delayed with countdown or ETA
-# (parked batches wait in Redis), so this only bounds how long the tasks a killed worker had
-# prefetched stay invisible; the batches it was sending come back sooner (worker/supervisor.py).
-VISIBILITY_TIMEOUT_S = 3600
+# Unacked tasks come back after this long. A task only hands its batch to the worker
+# process's engine (worker.engine.TAKE_WAIT_S at most, then the batch is held or parked), so
+# a task is never unacked this long unless its worker died; the batches a dead worker held or
+# waited for come back sooner (recover.lua).
+VISIBILITY_TIMEOUT_S = 300
 
 
 def _queue(name: str) -> Queue:
@@ -55,29 +55,56 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def dispatch(app: Any, cid: str, batches: Iterable[int], *, priority: bool = False) -> int:
+def task_name(trunk: str) -> str:
+    """The name Flower shows for a batch of this trunk (Celery's shadow name)."""
+    return f"{SEND_BATCH}[{trunk}]"
+
+
+def send(app: Any, producer: Any, cid: str, batch_no: int, trunk: str, priority: bool) -> None:
+    app.send_task(
+        SEND_BATCH,
+        args=[cid, batch_no],
+        kwargs={"trunk": trunk, "urgent": priority},
+        queue=PRIORITY_QUEUE if priority else CAMPAIGN_QUEUE,
+        producer=producer,
+        shadow=task_name(trunk),
+    )
+
+
+def dispatch(
+    app: Any, cid: str, batches: Iterable[int], *, trunk: str, priority: bool = False
+) -> int:
     """Publish one send task per batch; returns how many were published."""
-    queue = PRIORITY_QUEUE if priority else CAMPAIGN_QUEUE
     count = 0
     with app.producer_or_acquire() as producer:
         for batch_no in batches:
-            app.send_task(SEND_BATCH, args=[cid, batch_no], queue=queue, producer=producer)
+            send(app, producer, cid, batch_no, trunk, priority)
             count += 1
     return count
 
 
-async def dispatch_parked(app: Any, ledger: Ledger, *, due_only: bool = True) -> int:
-    """Put parked batches (stopped by a halt, a backoff or spent retries) back on the queues;
-    a single message goes back on the priority queue. A batch leaves the parked set only once
-    published, so a failure between the two leaves it parked, never with no task at all."""
+async def dispatch_parked(
+    app: Any, ledger: Ledger, *, due_only: bool = True, stopped: frozenset[str] = frozenset()
+) -> int:
+    """Put parked batches back on the queues, except those of trunks in `stopped` (halted or
+    backing off); a priority campaign's go on the priority queue. A batch leaves the parked
+    set only once published and only if it was not parked again meanwhile, so a failure
+    between the two leaves it parked, never with no task at all."""
     published = 0
-    priority: dict[str, bool] = {}
-    for cid, batch_no in await ledger.unpark(due_only=due_only):
-        if cid not in priority:
+    campaigns: dict[str, tuple[str, bool] | None] = {}
+    for member in await ledger.due_parked(due_only=due_only):
+        cid, batch_no = keys.parse_batch_member(member)
+        if cid not in campaigns:
             c = await ledger.campaign(cid)
-            priority[cid] = bool(c and c.priority)
-        if not await ledger.take_parked(cid, batch_no, force=not due_only):
+            campaigns[cid] = (c.trunk, c.priority) if c else None
+        found = campaigns[cid]
+        if found is not None and found[0] in stopped:
+            continue
+        lease = await ledger.lease(member, force=not due_only)
+        if lease is None:
             continue  # another worker's supervisor took it
-        published += dispatch(app, cid, [batch_no], priority=priority[cid])
-        await ledger.done_parked(cid, batch_no)
+        if found is not None:
+            published += dispatch(app, cid, [batch_no], trunk=found[0], priority=found[1])
+        # A campaign that is gone (purged) leaves nothing to publish: its member just goes.
+        await ledger.unlease(member, *lease)
     return published

@@ -13,10 +13,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+# Alerts: a trunk stopped (auth_failed also stands for 3xx, 403, 404, 405 and 407, which
+# mean a wrong URL or a proxy in the way, and are not the message's fault) or resumed.
 AUTH_FAILED = "auth_failed"
 AUTH_RESTORED = "auth_restored"
 API_UNAVAILABLE = "api_unavailable"
 API_RESTORED = "api_restored"
+# Redis would lose the ledger on a restart (AOF off) or under memory pressure (eviction).
+REDIS_UNSAFE = "redis_unsafe"
 
 
 def now_iso() -> str:
@@ -43,12 +47,13 @@ def message_event(
     }
 
 
-def alert_event(event_type: str, detail: str) -> dict[str, Any]:
+def alert_event(event_type: str, detail: str, trunk: str | None = None) -> dict[str, Any]:
     return {
         "type": event_type,
         "campaign_id": None,
         "message_id": None,
         "didww_id": None,
+        "trunk": trunk,
         "detail": detail,
         "at": now_iso(),
     }

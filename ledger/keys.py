@@ -1,38 +1,78 @@
 """Every Redis key smsq uses, built by small functions so no call site concatenates strings.
 
-Key shapes (``{cid}`` is a campaign id, ``{b}`` a batch number, ``{sec}`` a Unix second):
+Key shapes (``{cid}`` a campaign id: 16 hex digits; ``{b}`` a batch number; ``{t}`` a trunk
+name; ``{src}``/``{dst}`` numbers). Each key has an owner that deletes it:
 
-- ``smsq:campaign:{cid}``            hash: source, text, name, total, batch_size, batches,
-                                      created_at, expires_at, state (active|paused|cancelled),
-                                      encoding, segments
+Campaigns (deleted by the purge, SMSQ_RETENTION_S after the campaign is done):
+- ``smsq:campaign:{cid}``            hash: source, text, name, trunk, total, batch_size, batches,
+                                      created_at, expires_at, send_at, state, encoding,
+                                      segments, priority, fields, window, parent, done_at, ...
 - ``smsq:campaign:{cid}:counts``     hash: message state -> number of messages in it
-- ``smsq:campaign:{cid}:batch:{b}``  hash: message index -> ``state|destination|extra``
-                                      (extra: DIDWW id once accepted, claim time while sending)
-- ``smsq:campaign:{cid}:posted:{sec}`` counter of requests posted in that second (rate)
+- ``smsq:campaign:{cid}:batch:{b}``  string: the batch's message records, fixed size, in index
+                                      order (ledger/records.py)
+- ``smsq:campaign:{cid}:fields:{b}`` hash: message index -> its template values (templated
+                                      campaigns only)
+- ``smsq:campaign:{cid}:windows``    hash: batch -> UTC intervals its recipients may be sent in
+                                      (campaigns with quiet hours only)
+- ``smsq:campaign:{cid}:rawids``     hash: message index -> DIDWW id, for the rare id that is
+                                      not a UUID (the record keeps a hash of it)
+- ``smsq:campaign:{cid}:posted:{sec}`` counter of requests posted in that second (TTL 2 min)
 - ``smsq:campaigns``                 sorted set: campaign id scored by creation time
-- ``smsq:didww:{id}``                string: where the message with that DIDWW id lives
-- ``smsq:orphan:{id}``               string: a callback that arrived before its DIDWW id was stored
-- ``smsq:orphans``                   sorted set: DIDWW ids of kept callbacks scored by when kept
-- ``smsq:orphans:{src}:{dst}``       sorted set: kept callbacks' DIDWW ids by source and
-                                      destination, scored by DIDWW's time_start (s)
-- ``smsq:unknown:{src}:{dst}``       sorted set: ``cid|batch|index`` of unknown messages scored by
+- ``smsq:retention``                 sorted set: finished campaign id scored by when to purge it
+- ``smsq:idem:{key}``                string (24 h): campaign id created with that idempotency key
+
+Callbacks:
+- ``smsq:ids:{hhh}``                 string: DIDWW-id index bucket (3 hex digits of the id's
+                                      key): 28-byte entries id key (16) | cid (8) | index (4);
+                                      a campaign's entries go when it is purged
+- ``smsq:orphan:{id}``               string (TTL): a callback that came before its DIDWW id
+- ``smsq:orphans``                   sorted set: DIDWW ids of kept callbacks, by when kept
+- ``smsq:orphans:{src}:{dst}``       sorted set (TTL): kept callbacks' ids by DIDWW time_start
+- ``smsq:unknown:{src}:{dst}``       sorted set (TTL): ``cid|batch|index`` of unknown messages by
                                       when they were posted, for matching their callbacks
+- ``smsq:sending:{src}:{dst}``       counter (TTL): messages to that pair now `sending`; a kept
+                                      callback is not matched by number while one is
+- ``smsq:accepting``                 sorted set: ``cid|batch`` with accepted messages, by the
+                                      oldest acceptance (for SMSQ_CALLBACK_TIMEOUT_S)
 - ``smsq:stats``                     hash: global counters (orphans kept/joined, duplicates)
-- ``smsq:halt``                      string: set while DIDWW answers 401; every worker stops posting
-- ``smsq:probe``                     string: lock so at most one credentials probe runs per interval
-- ``smsq:ratelimit``                 string: the trunk's next free send slot (GCRA, microseconds)
-- ``smsq:backoff``                   string with a TTL: DIDWW is unavailable, no worker posts
-- ``smsq:parked``                    sorted set: ``cid|batch`` stopped by a halt, a backoff or spent
-                                      retries, scored by when it may run again
-- ``smsq:parked:lease:{cid}|{b}``    string with a TTL: a supervisor is publishing that batch
+
+Trunks (one set per configured trunk; the single-trunk settings are the trunk ``default``):
+- ``smsq:trunk:{t}:halt``            string: set while DIDWW answers 401 (or 3xx/403/404/...)
+- ``smsq:trunk:{t}:backoff``         string (TTL): DIDWW is unavailable, nothing is posted
+- ``smsq:trunk:{t}:probe``           string (TTL): one credentials probe per interval
+- ``smsq:trunk:{t}:rate``            hash: ``tat`` the next free send slot (us), ``sum`` units in
+                                      the window list
+- ``smsq:trunk:{t}:window``          list: ``time_us units`` of the claims in the last window
+- ``smsq:trunk:{t}:urgent``          list: ``cid|batch|index`` of priority messages, taken ahead
+                                      of campaign messages by every worker that claims
+
+Work in progress:
+- ``smsq:parked``                    sorted set: ``cid|batch`` waiting (a halt, a backoff, spent
+                                      retries, a schedule, quiet hours, a lost worker), scored
+                                      by when it may run again
+- ``smsq:parked:lease:{cid}|{b}``    string (TTL): the token of the supervisor publishing it
 - ``smsq:inflight``                  hash: ``cid|batch|owner`` -> last heartbeat (Redis time, s)
-                                      of the worker process sending that batch
+                                      of the worker process holding that batch
+- ``smsq:owners``                    counter: numbers worker processes (owners) by start order
+
+Opt-outs:
+- ``smsq:optout:{n}``                set of numbers (as integers) whose value mod 65536 is n:
+                                      Redis keeps each as a compact sorted array (intset)
+- ``smsq:optout:count``              counter: numbers on the list
+
 - the events stream: its name is a setting (``SMSQ_EVENTS_STREAM``, default ``smsq:events``)
 """
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "smsq"
+# Campaign ids are 16 hex digits: the DIDWW-id index stores them in 8 bytes.
+CAMPAIGN_ID = re.compile(r"[0-9a-f]{16}")
+# Opt-out buckets: 65,536 sets keep each under Redis's 512-member intset limit up to ~30
+# million numbers.
+OPTOUT_BUCKETS = 65536
 
 
 def campaign(cid: str) -> str:
@@ -47,6 +87,18 @@ def batch(cid: str, batch_no: int) -> str:
     return f"{PREFIX}:campaign:{cid}:batch:{batch_no}"
 
 
+def fields(cid: str, batch_no: int) -> str:
+    return f"{PREFIX}:campaign:{cid}:fields:{batch_no}"
+
+
+def windows(cid: str) -> str:
+    return f"{PREFIX}:campaign:{cid}:windows"
+
+
+def raw_ids(cid: str) -> str:
+    return f"{PREFIX}:campaign:{cid}:rawids"
+
+
 def posted(cid: str, second: int) -> str:
     return f"{PREFIX}:campaign:{cid}:posted:{second}"
 
@@ -55,28 +107,21 @@ def campaigns() -> str:
     return f"{PREFIX}:campaigns"
 
 
-def didww(didww_id: str) -> str:
-    return f"{PREFIX}:didww:{didww_id}"
+def retention() -> str:
+    return f"{PREFIX}:retention"
+
+
+def idempotency(key: str) -> str:
+    return f"{PREFIX}:idem:{key}"
+
+
+def id_bucket(id_key: bytes) -> str:
+    """The DIDWW-id index bucket of a 16-byte id key (ledger/records.py: id_key)."""
+    return f"{PREFIX}:ids:{id_key[:2].hex()[:3]}"
 
 
 def orphan(didww_id: str) -> str:
     return f"{PREFIX}:orphan:{didww_id}"
-
-
-def stats() -> str:
-    return f"{PREFIX}:stats"
-
-
-def halt() -> str:
-    return f"{PREFIX}:halt"
-
-
-def probe_lock() -> str:
-    return f"{PREFIX}:probe"
-
-
-def rate_limiter() -> str:
-    return f"{PREFIX}:ratelimit"
 
 
 def orphans() -> str:
@@ -91,16 +136,84 @@ def unknown_by_pair(source: str, destination: str) -> str:
     return f"{PREFIX}:unknown:{source}:{destination}"
 
 
-def backoff() -> str:
-    return f"{PREFIX}:backoff"
+def sending_by_pair(source: str, destination: str) -> str:
+    return f"{PREFIX}:sending:{source}:{destination}"
+
+
+def accepting() -> str:
+    return f"{PREFIX}:accepting"
+
+
+def stats() -> str:
+    return f"{PREFIX}:stats"
+
+
+def trunk(name: str, what: str) -> str:
+    """A trunk's key: what is halt, backoff, probe, rate, window or urgent."""
+    return f"{PREFIX}:trunk:{name}:{what}"
+
+
+def halt(trunk_name: str) -> str:
+    return trunk(trunk_name, "halt")
+
+
+def backoff(trunk_name: str) -> str:
+    return trunk(trunk_name, "backoff")
+
+
+def probe_lock(trunk_name: str) -> str:
+    return trunk(trunk_name, "probe")
+
+
+def rate(trunk_name: str) -> str:
+    return trunk(trunk_name, "rate")
+
+
+def rate_window(trunk_name: str) -> str:
+    return trunk(trunk_name, "window")
+
+
+def urgent(trunk_name: str) -> str:
+    return trunk(trunk_name, "urgent")
 
 
 def parked() -> str:
     return f"{PREFIX}:parked"
 
 
+def parked_lease(member: str) -> str:
+    return f"{PREFIX}:parked:lease:{member}"
+
+
 def inflight() -> str:
     return f"{PREFIX}:inflight"
+
+
+def owners() -> str:
+    return f"{PREFIX}:owners"
+
+
+def optout(number: int) -> str:
+    return f"{PREFIX}:optout:{number % OPTOUT_BUCKETS}"
+
+
+def optout_count() -> str:
+    return f"{PREFIX}:optout:count"
+
+
+def optout_pattern() -> str:
+    return f"{PREFIX}:optout:[0-9]*"
+
+
+def batch_member(cid: str, batch_no: int) -> str:
+    """How sorted sets and lists name a batch: ``cid|batch``."""
+    return f"{cid}|{batch_no}"
+
+
+def parse_batch_member(member: str | bytes) -> tuple[str, int]:
+    text = member.decode() if isinstance(member, bytes) else member
+    cid, _, batch_no = text.rpartition("|")
+    return cid, int(batch_no)
 
 
 def message_id(cid: str, index: int) -> str:

@@ -12,17 +12,20 @@ from typing import Any
 
 NAMES = (
     "claim",
-    "accept",
+    "record",
     "callback",
-    "transition",
-    "unknown",
-    "sweep",
     "settle",
+    "recover",
     "cancel",
+    "park",
     "lease",
+    "unlease",
     "halt",
+    "hold",
     "beat",
-    "limiter",
+    "unconfirm",
+    "unindex",
+    "optout",
 )
 
 

@@ -1,22 +1,31 @@
 -- A cancelled campaign: every still-queued message of one batch -> cancelled, with its event.
--- KEYS[1] batch hash   KEYS[2] counts hash   KEYS[3] events stream
--- ARGV[1] campaign id   ARGV[2] event base JSON (campaign fields)   ARGV[3] stream maxlen
+-- KEYS[1] events stream
+-- ARGV[1] campaign id   ARGV[2] batch   ARGV[3] event base JSON   ARGV[4] stream maxlen
 -- Returns the number of messages cancelled.
-local moved = 0
-local records = redis.call('HGETALL', KEYS[1])
-for i = 1, #records, 2 do
-  local state, dest = split(records[i + 1])
-  if state == 'queued' then
-    redis.call('HSET', KEYS[1], records[i], 'cancelled|' .. dest)
-    local event = cjson.decode(ARGV[2])
-    event['message_id'] = ARGV[1] .. '-' .. records[i]
-    event['destination'] = dest
-    publish(KEYS[3], ARGV[3], cjson.encode(event), 'cancelled')
+local t = redis.call('TIME')
+local cid, b = ARGV[1], tonumber(ARGV[2])
+local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source')
+local data = redis.call('GET', batch_key(cid, b))
+if not h[1] or not data then return 0 end
+local bsize, moved = tonumber(h[1]), 0
+for i = 0, #data / R - 1 do
+  if string.byte(data, i * R + 1) == QUEUED then
+    local m = rec_unpack(string.sub(data, i * R + 1, i * R + R))
+    m.state = CANCELLED
+    rec_write(cid, b, i * R, m)
+    local e = cjson.decode(ARGV[3])
+    e['type'] = 'cancelled'
+    e['campaign_id'] = cid
+    e['message_id'] = cid .. '-' .. (b * bsize + i)
+    e['destination'] = num(m.dest)
+    e['source'] = h[2]
+    publish(KEYS[1], ARGV[4], cjson.encode(e))
     moved = moved + 1
   end
 end
 if moved > 0 then
-  redis.call('HINCRBY', KEYS[2], 'queued', -moved)
-  redis.call('HINCRBY', KEYS[2], 'cancelled', moved)
+  redis.call('HINCRBY', counts_key(cid), 'queued', -moved)
+  redis.call('HINCRBY', counts_key(cid), 'cancelled', moved)
+  maybe_done(cid, tonumber(t[1]))
 end
 return moved

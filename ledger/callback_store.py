@@ -1,0 +1,96 @@
+"""DIDWW status callbacks as the ledger applies them: once, in one round trip, by DIDWW id;
+a callback that comes before its id is recorded is kept until it can be joined or matched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ledger import events, keys, records
+from ledger.states import State
+
+if TYPE_CHECKING:
+    from ledger.store import Ledger
+
+
+def _seconds(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    # DIDWW's times are UTC; one without a zone is read as UTC, not local time.
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackUpdate:
+    """A validated DIDWW callback, ready for the ledger."""
+
+    didww_id: str
+    final_state: State
+    event: dict[str, Any]
+
+    @property
+    def started_at(self) -> float:
+        """DIDWW's time_start in Unix seconds; now when it is missing or unreadable (the
+        callback then still matches an unknown message posted within the match window)."""
+        started = _seconds(self.event.get("time_start"))
+        return time.time() if started is None else started
+
+    @property
+    def duration_s(self) -> int:
+        """Seconds from time_start to time_end, 0 when either is missing."""
+        start, end = _seconds(self.event.get("time_start")), _seconds(self.event.get("time_end"))
+        return max(0, round(end - start)) if start is not None and end is not None else 0
+
+
+class CallbackStore:
+    """Mixed into ledger.store.Ledger."""
+
+    async def apply_callback(self: Ledger, update: CallbackUpdate) -> str:
+        """Apply a callback; returns applied, late (it settled an unconfirmed or unknown
+        message), orphan (kept: for its 201, or to be matched by settle_orphans), duplicate
+        or missing."""
+        event = update.event
+        key, _ = records.id_key(update.didww_id)
+        code_id = event.get("code_id")
+        fragments = event.get("fragments_sent")
+        started = update.started_at
+        # A time a 4-byte record cannot hold is not DIDWW's: stored as unknown (0).
+        stored_start = started if 0 <= started < 2**32 else 0
+        orphan = {
+            "state": str(update.final_state),
+            "code_id": code_id,
+            "fragments": fragments,
+            "t": update.started_at,
+            "t1": stored_start,
+            "dt": update.duration_s if stored_start else 0,
+            "key_hex": key.hex(),
+            "event": event,
+        }
+        reply = await self.scripts["callback"](
+            keys=[keys.orphan(update.didww_id), self.stream, keys.stats()],
+            args=[
+                update.final_state,
+                events.encode(event),
+                self.maxlen,
+                self.settings.orphan_ttl_s,
+                events.encode(orphan),
+                event.get("source") or "",
+                event.get("destination") or "",
+                f"{stored_start:.3f}",
+                update.didww_id,
+                key,
+                0 if code_id is None else min(int(code_id) + 1, 65535),
+                # '' keeps the record's estimate when DIDWW does not say.
+                "" if fragments is None else min(int(fragments), records.BYTE_MAX),
+                update.duration_s if stored_start else 0,
+            ],
+        )
+        first = reply[0]
+        return first.decode() if isinstance(first, bytes) else str(first)

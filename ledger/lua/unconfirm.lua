@@ -1,0 +1,55 @@
+-- Messages accepted longer ago than the callback timeout, with no callback yet, become
+-- unconfirmed (a final state with its event); a callback that comes later still settles
+-- them (callback.lua). Batches are found through the accepting set, scored by their oldest
+-- acceptance.
+-- KEYS[1] accepting set   KEYS[2] events stream
+-- ARGV[1] callback timeout (s)   ARGV[2] stream maxlen   ARGV[3] event base JSON
+-- ARGV[4] most batches to look at
+-- Returns the number of messages that became unconfirmed.
+local now = tonumber(redis.call('TIME')[1])
+local limit = now - tonumber(ARGV[1])
+local changed = 0
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit, 'LIMIT', 0, ARGV[4])
+for _, member in ipairs(due) do
+  local cid, b = string.match(member, '^(.*)|(%d+)$')
+  b = tonumber(b)
+  local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'trunk')
+  local data = redis.call('GET', batch_key(cid, b))
+  local oldest = nil
+  if h[1] and data then
+    local bsize = tonumber(h[1])
+    for i = 0, #data / R - 1 do
+      local r = string.sub(data, i * R + 1, i * R + R)
+      if string.byte(r, 1) == ACCEPTED then
+        local m = rec_unpack(r)
+        if m.t1 <= limit then
+          m.state = UNCONFIRMED
+          rec_write(cid, b, i * R, m)
+          move(cid, ACCEPTED, UNCONFIRMED)
+          local e = cjson.decode(ARGV[3])
+          e['type'] = 'unconfirmed'
+          e['campaign_id'] = cid
+          e['message_id'] = cid .. '-' .. (b * bsize + i)
+          e['destination'] = num(m.dest)
+          e['source'] = h[2]
+          e['accepted_at'] = m.t1
+          e['trunk'] = h[3]
+          e['didww_id'] = uuid_text(m.id, m.flags) or (
+            math.floor(m.flags / RAW_ID) % 2 == 1
+            and redis.call('HGET', rawids_key(cid), b * bsize + i) or cjson.null)
+          publish(KEYS[2], ARGV[2], cjson.encode(e))
+          changed = changed + 1
+        elseif oldest == nil or m.t1 < oldest then
+          oldest = m.t1
+        end
+      end
+    end
+    maybe_done(cid, now)
+  end
+  if oldest then
+    redis.call('ZADD', KEYS[1], oldest, member)
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return changed

@@ -45,6 +45,7 @@ def _setup_logging(**_: Any) -> None:
 def _check_credentials(**_: Any) -> None:
     try:
         settings.require("didww_username", "didww_password")
+        settings.check_url_security()
     except ConfigError as exc:
         print(f"smsq: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -52,4 +53,6 @@ def _check_credentials(**_: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
-    runtime.shutdown()
+    # Wait for the requests in flight (at most the read timeout), record their answers, and
+    # park what is still queued so other workers go on with it.
+    runtime.shutdown(settings.read_timeout_s + settings.connect_timeout_s)

@@ -2,12 +2,16 @@
 
 DidwwError
 ├── Retryable          the request surely did not take effect: try again later
-│   ├── NotSent        connect error, connect or pool timeout
+│   ├── NotSent        connect error, connect or pool timeout, connection lost before writing
 │   ├── RateLimited    429; carries Retry-After
-│   └── ServerError    5xx
-├── Rejected           400 (or 415): permanent for this message; carries DIDWW's detail
-├── AuthFailed         401: credentials or IP allow-list wrong for every message
-└── Ambiguous          the request may have reached DIDWW but no answer came back
+│   └── ServerError    408, 500, 503
+├── Rejected           400, 415, 422 and other 4xx: permanent for this message; DIDWW's detail
+├── Halting            wrong for every message: stop the trunk until a probe or an operator
+│   ├── AuthFailed     401: credentials or IP allow-list
+│   └── Misdirected    3xx, 403, 404, 405, 407: a wrong SMSQ_DIDWW_URL or a proxy in the way
+└── Ambiguous          the request may have reached DIDWW but no readable 201 came back: a read
+                       timeout, a dropped connection after writing, 502, 504, other 5xx, a 2xx
+                       other than a readable 201
 """
 
 from __future__ import annotations
@@ -44,7 +48,15 @@ class Rejected(DidwwError):
     pass
 
 
-class AuthFailed(DidwwError):
+class Halting(DidwwError):
+    pass
+
+
+class AuthFailed(Halting):
+    pass
+
+
+class Misdirected(Halting):
     pass
 
 

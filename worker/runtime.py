@@ -1,5 +1,8 @@
-"""What one worker process keeps between tasks: an event loop, a Redis client, the DIDWW
-client (one connection pool) and the rate limiter, created lazily after the fork.
+"""What one worker process keeps between tasks: a thread running an event loop (uvloop) with
+the sending engine on it, its Redis client and DIDWW clients, created lazily after the fork.
+
+Celery's prefork pool runs a task in the process's main thread; the task hands its batch to
+the engine and returns, while the engine's thread goes on posting and recording.
 """
 
 from __future__ import annotations
@@ -7,62 +10,72 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import uvloop
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from ledger.settings import Settings
 from ledger.store import Ledger
-from worker.didww import DidwwClient
-from worker.limiter import RateLimiter
-from worker.sender import Sender
+from worker.engine import Engine
 
 T = TypeVar("T")
+
+# Redis connections per process: the engine's claim loops, its recorder and heartbeat, and
+# tasks handing over batches; each call carries many messages, so few are enough.
+REDIS_CONNECTIONS = 16
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.pid = os.getpid()
-        # Names this process in its claims and heartbeats: unique across hosts and processes.
-        self.owner = f"{socket.gethostname()}:{self.pid}"
-        self.loop = asyncio.new_event_loop()
-        # A blocking pool: SMSQ_CONCURRENCY requests may need Redis at once, and redis-py's
-        # default pool raises past its limit instead of waiting for a connection.
+        self.loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="smsq-engine", daemon=True
+        )
+        self._thread.start()
         pool = BlockingConnectionPool.from_url(
             settings.redis_url,
-            max_connections=settings.concurrency + 10,
+            max_connections=REDIS_CONNECTIONS,
             timeout=settings.connect_timeout_s,
             health_check_interval=30,
         )
         self.redis = Redis(connection_pool=pool)
         self.ledger = Ledger(self.redis, settings)
-        self.client = DidwwClient(settings)
-        self.limiter = RateLimiter(self.redis, settings.send_interval_s)
-        self.sender = Sender(self.ledger, self.client, self.limiter, settings, self.owner)
+        name = f"{socket.gethostname()}:{self.pid}"
+        self.engine: Engine = self.run(Engine.create(settings, self.ledger, name))
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """Run a coroutine on the engine's loop and wait for its result (from another thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    def close(self) -> None:
-        self.run(self.client.aclose())
-        self.run(self.redis.aclose())
-        self.loop.close()
+    def close(self, drain_timeout_s: float) -> None:
+        try:
+            self.run(self.engine.drain(drain_timeout_s), drain_timeout_s + 10)
+            self.run(self.redis.aclose(), 5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
 
 
 _current: Runtime | None = None
+_lock = threading.Lock()
 
 
 def runtime(settings: Settings) -> Runtime:
     """This process's runtime; a forked child never reuses its parent's connections."""
     global _current
-    if _current is None or _current.pid != os.getpid():
-        _current = Runtime(settings)
-    return _current
+    with _lock:
+        if _current is None or _current.pid != os.getpid():
+            _current = Runtime(settings)
+        return _current
 
 
-def shutdown() -> None:
+def shutdown(drain_timeout_s: float) -> None:
     global _current
-    if _current is not None and _current.pid == os.getpid():
-        _current.close()
-    _current = None
+    with _lock:
+        if _current is not None and _current.pid == os.getpid():
+            _current.close(drain_timeout_s)
+        _current = None

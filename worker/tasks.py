@@ -1,4 +1,5 @@
-"""The Celery tasks: send_batch takes a campaign id and a batch number, never recipients."""
+"""The Celery task: send_batch takes a campaign id and a batch number, never recipients, and
+hands the batch to this process's sending engine (worker/engine.py)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from tenacity import (
 
 from ledger.dispatch import SEND_BATCH
 from worker.app import app, settings
+from worker.engine import TAKE_WAIT_S
 from worker.runtime import runtime
 
 log = structlog.stdlib.get_logger("smsq.worker")
 
-# Redis unreachable mid-batch (a restart, a failover): the task keeps the batch and tries it
-# again with backoff for this long, rather than asking Celery to retry through that same
-# Redis. A claim makes each retry safe; claims cut short become unknown, never resent.
+# Redis unreachable (a restart, a failover): the task keeps trying to hand its batch over
+# with backoff for this long, rather than asking Celery to retry through that same Redis.
 REDIS_PATIENCE_S = 600
 REDIS_MAX_WAIT_S = 10
 
@@ -36,10 +37,11 @@ def _log_redis_retry(state: RetryCallState) -> None:
 
 
 @app.task(name=SEND_BATCH, bind=True)
-def send_batch(self: Task, campaign_id: str, batch: int) -> dict[str, Any]:
-    """Send the queued messages of one batch of a campaign."""
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(task_id=self.request.id, campaign_id=campaign_id)
+def send_batch(
+    self: Task, campaign_id: str, batch: int, trunk: str = "", urgent: bool = False
+) -> dict[str, Any]:
+    """Hand one batch of a campaign to this process's engine; returns once it is held (the
+    engine sends it from then on) or set aside. `trunk` is for Flower's eyes."""
     rt = runtime(settings)
     for attempt in Retrying(
         retry=retry_if_exception_type(RedisError),
@@ -49,5 +51,12 @@ def send_batch(self: Task, campaign_id: str, batch: int) -> dict[str, Any]:
         reraise=True,
     ):
         with attempt:
-            result = rt.run(rt.sender.send_batch(campaign_id, batch))
-    return result.as_dict()
+            outcome = rt.run(rt.engine.take(campaign_id, batch, urgent=urgent), TAKE_WAIT_S + 60)
+    log.info(
+        "batch_taken",
+        task_id=self.request.id,
+        campaign_id=campaign_id,
+        batch=batch,
+        outcome=outcome,
+    )
+    return {"campaign_id": campaign_id, "batch": batch, "trunk": trunk, "outcome": outcome}

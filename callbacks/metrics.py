@@ -55,18 +55,19 @@ async def redis_figures(ledger: Ledger) -> dict[str, Any]:
         created = replies[2 * i + 1]
         if counts.get(State.QUEUED, 0) > 0 and created is not None:
             oldest = min(oldest or float(created), float(created))
-    trunk = await ledger.trunk()
+    trunks = {name: await ledger.trunk_status(name) for name in ledger.settings.trunks()}
+    first = next(iter(trunks.values()))
     campaign_tasks, priority_tasks, stream_length = replies[2 * len(cids) :]
     return {
         "by_state": by_state,
         "queue_depth": {CAMPAIGN_QUEUE: campaign_tasks, PRIORITY_QUEUE: priority_tasks},
-        "parked": trunk.parked_batches,
+        "parked": first.parked_batches,
         "oldest_queued_age_s": time.time() - oldest if oldest is not None else 0.0,
-        "orphans_waiting": trunk.orphans_waiting,
-        "stats": trunk.stats,
+        "orphans_waiting": first.orphans_waiting,
+        "stats": first.stats,
         "stream_length": stream_length,
-        "halted": trunk.halted is not None,
-        "backing_off": trunk.backoff is not None,
+        "halted": {name: t.halted is not None for name, t in trunks.items()},
+        "backing_off": {name: t.backoff is not None for name, t in trunks.items()},
     }
 
 
@@ -111,12 +112,20 @@ class _Figures(Collector):
         yield GaugeMetricFamily(
             "smsq_events_stream_length", "Entries on the events stream", value=f["stream_length"]
         )
-        yield GaugeMetricFamily(
-            "smsq_halted", "1 while DIDWW refuses the credentials", value=int(f["halted"])
+        halted = GaugeMetricFamily(
+            "smsq_halted",
+            "1 while DIDWW refuses the trunk's credentials (or its URL is wrong)",
+            labels=["trunk"],
         )
-        yield GaugeMetricFamily(
-            "smsq_backing_off", "1 while DIDWW is unavailable", value=int(f["backing_off"])
+        for trunk, value in f["halted"].items():
+            halted.add_metric([trunk], int(value))
+        yield halted
+        backing_off = GaugeMetricFamily(
+            "smsq_backing_off", "1 while DIDWW is unavailable for the trunk", labels=["trunk"]
         )
+        for trunk, value in f["backing_off"].items():
+            backing_off.add_metric([trunk], int(value))
+        yield backing_off
 
 
 async def exposition(ledger: Ledger) -> bytes:

@@ -86,6 +86,11 @@ def main() -> None:
     default=None,
     help="Seconds a message may wait to be sent before it expires.",
 )
+@click.option(
+    "--priority",
+    is_flag=True,
+    help="Send ahead of every campaign's messages (one-message campaigns always are).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--wait", is_flag=True, help="Wait until every message is settled.")
 def send(
@@ -95,6 +100,7 @@ def send(
     text: str,
     name: str | None,
     ttl_s: int | None,
+    priority: bool,
     as_json: bool,
     wait: bool,
 ) -> None:
@@ -108,7 +114,7 @@ def send(
         fail(str(exc))
     producer = Producer(settings)
     try:
-        result = _enqueue(producer, source, text, numbers, name, ttl_s, as_json)
+        result = _enqueue(producer, source, text, numbers, name, ttl_s, priority, as_json)
     except InputError as exc:
         _report_rejections(numbers)
         fail(str(exc))
@@ -141,13 +147,15 @@ def _enqueue(
     numbers: NumbersResult,
     name: str | None,
     ttl_s: int | None,
+    priority: bool,
     as_json: bool,
 ) -> EnqueueResult:
     total = len(numbers.numbers)
+    options: dict[str, Any] = {"name": name, "ttl_s": ttl_s, "priority": priority}
     if as_json or total <= PROGRESS_THRESHOLD:
-        return producer.enqueue(source, text, numbers, name=name, ttl_s=ttl_s)
+        return producer.enqueue(source, text, numbers, **options)
     with click.progressbar(length=total, label="enqueueing", file=sys.stderr) as bar:
-        return producer.enqueue(source, text, numbers, name=name, ttl_s=ttl_s, progress=bar.update)
+        return producer.enqueue(source, text, numbers, progress=bar.update, **options)
 
 
 def _report_rejections(numbers: NumbersResult) -> None:
@@ -184,25 +192,31 @@ async def _status_or_fail(ledger: Ledger, cid: str) -> Status:
 
 def _print_status(status: Status) -> None:
     c = status.campaign
-    click.echo(f"campaign {c.id}" + (f" ({c.name})" if c.name else "") + f": {c.state}")
-    click.echo(f"  {'total':<10} {c.total:>9}")
+    title = f"campaign {c.id}" + (f" ({c.name})" if c.name else "")
+    click.echo(f"{title}: {status.state}, trunk {c.trunk}")
+    click.echo(f"  {'total':<11} {c.total:>9}")
     for state in ALL_STATES:
-        click.echo(f"  {state:<10} {status.counts[state]:>9}")
-    click.echo(f"  {'rate':<10} {status.rate_per_s:>9.1f}/s")
-    click.echo(f"  {'done':<10} {'yes' if status.done else 'no':>9}")
+        click.echo(f"  {state:<11} {status.counts[state]:>9}")
+    click.echo(f"  {'rate':<11} {status.rate_per_s:>9.1f}/s")
+    click.echo(f"  {'done':<11} {'yes' if status.done else 'no':>9}")
     trunk = status.trunk
     if trunk.halted:
-        click.echo("trunk: HALTED, DIDWW refused the credentials (probing; `smsq resume` lifts it)")
+        click.echo(
+            f"trunk {trunk.name}: HALTED ({trunk.as_dict()['halted_why']}); probing,"
+            " `smsq resume` lifts it"
+        )
     if trunk.backoff:
-        click.echo("trunk: backing off, DIDWW is unavailable (probing)")
+        click.echo(f"trunk {trunk.name}: backing off, DIDWW is unavailable (probing)")
     if trunk.parked_batches:
-        click.echo(f"trunk: {trunk.parked_batches} batches parked until sending can go on")
+        click.echo(f"{trunk.parked_batches} batches parked until they can go on")
     stats = trunk.stats
     click.echo(
         f"callbacks for unknown DIDWW ids: {trunk.orphans_waiting} waiting"
         f" ({stats.get('orphans_kept', 0)} kept, {stats.get('orphans_joined', 0)} joined,"
         f" {stats.get('callbacks_matched', 0)} matched by number and time)"
     )
+    for warning in status.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ledger import control
+from ledger import control, keys
 from ledger.errors import InputError, SmsqError
 from ledger.settings import Settings
 from ledger.states import CampaignState
@@ -39,10 +38,10 @@ log = structlog.stdlib.get_logger("smsq.api")
 MAX_BODY_BYTES = 16 * 1024 * 1024
 JSON_MEDIA_TYPE = "application/json"
 # Campaign ids are 16 hex digits; anything that could not be one is answered 404 unread.
-CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CAMPAIGN_ID = keys.CAMPAIGN_ID
 # Fields of POST /v1/campaigns; any other is refused, so a misspelt one is not ignored.
 REQUIRED_FIELDS = ("source", "text", "destinations")
-OPTIONAL_FIELDS = ("name", "ttl_s")
+OPTIONAL_FIELDS = ("name", "ttl_s", "priority")
 # Clients that see 503 may try again after this many seconds.
 RETRY_AFTER_S = 5
 
@@ -64,6 +63,7 @@ class CampaignRequest:
     destinations: list[str]
     name: str | None
     ttl_s: int | None
+    priority: bool = False
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -102,7 +102,10 @@ def parse_campaign(body: bytes) -> CampaignRequest:
     # bool is an int in Python, and true is no number of seconds.
     if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1):
         raise ApiError(422, "ttl_s: must be a positive whole number of seconds or null")
-    return CampaignRequest(doc["source"], doc["text"], destinations, name, ttl_s)
+    priority = doc.get("priority", False)
+    if not isinstance(priority, bool):
+        raise ApiError(422, "priority: must be true or false")
+    return CampaignRequest(doc["source"], doc["text"], destinations, name, ttl_s, priority)
 
 
 def _rejections(numbers: NumbersResult) -> list[dict[str, Any]]:
@@ -118,7 +121,7 @@ def create_campaign(producer: Producer, req: CampaignRequest) -> dict[str, Any]:
     numbers = normalize_many(req.destinations)
     try:
         result: EnqueueResult = producer.enqueue(
-            req.source, req.text, numbers, name=req.name, ttl_s=req.ttl_s
+            req.source, req.text, numbers, name=req.name, ttl_s=req.ttl_s, priority=req.priority
         )
     except InputError as exc:
         raise ApiError(
@@ -132,8 +135,8 @@ def create_campaign(producer: Producer, req: CampaignRequest) -> dict[str, Any]:
         "duplicates": result.duplicates,
         "segments": result.segments,
         "encoding": result.encoding,
-        # The producer sends a campaign of one message on the priority queue.
-        "priority": result.queued == 1,
+        # A campaign of one message takes the trunk's urgent lane whatever was asked.
+        "priority": req.priority or result.queued == 1,
     }
 
 

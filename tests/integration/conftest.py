@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import redis
 
+from ledger import keys
+from ledger.records import Record, iter_batch
 from ops.stack import RedisServer, Stack, default_settings_env
 
 SOURCE = "37041123456"
@@ -23,6 +25,25 @@ class TestStack(Stack):
 
     def redis(self) -> redis.Redis:
         return self.server.client()
+
+    def records(self, cid: str) -> dict[str, Record]:
+        """destination -> its message record, read straight from the ledger's batches."""
+        client = self.redis()
+        try:
+            found = {}
+            raw = client.hgetall(keys.campaign(cid))
+            batch_size, batches = int(raw[b"batch_size"]), int(raw[b"batches"])
+            for batch_no in range(batches):
+                data = client.get(keys.batch(cid, batch_no)) or b""
+                for record in iter_batch(batch_no * batch_size, data):
+                    found[record.destination] = record
+            return found
+        finally:
+            client.close()
+
+    def states(self, cid: str) -> dict[str, str]:
+        """destination -> state."""
+        return {d: str(r.state) for d, r in self.records(cid).items()}
 
     def events(self) -> list[dict[str, Any]]:
         client = self.redis()

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from ledger.settings import Settings
 from ledger.store import Ledger
 from tests.integration.conftest import SOURCE, write_numbers
+from tests.unit.smsq_testing import accept as accept_message
 
 # Distinctive, so a leak anywhere in the log is found by a substring search.
 TOKEN = "cbtok-Hq7wLk9Zr2"
@@ -79,14 +80,8 @@ def accept(stack: Any, cid: str, didww_ids: dict[int, str]) -> None:
         client = Redis.from_url(stack.redis_url)
         try:
             ledger = Ledger(client, Settings(_env_file=None, redis_url=stack.redis_url))
-            c = await ledger.campaign(cid)
-            assert c is not None
-            for batch_no in range(c.batches):
-                for r in await ledger.records(cid, batch_no):
-                    if r.index in didww_ids:
-                        assert await ledger.claim(c, r, "test-worker") == ["claimed"]
-                        reply = await ledger.accept(c, r, didww_ids[r.index])
-                        assert reply[0] == "accepted", reply
+            for index, didww_id in sorted(didww_ids.items()):
+                await accept_message(ledger, cid, didww_id, index)
         finally:
             await client.aclose()
 
@@ -513,7 +508,7 @@ def test_duplicates_late_failures_and_unknown_ids(make_stack, tmp_path: Path):
     status = stack.status(cid)
     assert status["counts"]["sent"] == 1 and status["counts"]["failed"] == 1
     assert status["counts"]["accepted"] == 1 and status["counts"]["queued"] == 1
-    assert status["trunk"]["orphan_callbacks_waiting"] == 1
+    assert status["trunk_status"]["orphan_callbacks_waiting"] == 1
     client = stack.redis()
     try:
         assert 0 < client.ttl(f"smsq:orphan:{late}") <= 600

@@ -26,8 +26,10 @@ def test_json_output_and_what_is_stored(make_stack, tmp_path: Path):
         cid = out["campaign_id"]
         campaign = client.hgetall(f"smsq:campaign:{cid}")
         assert campaign[b"source"] == SOURCE.encode() and campaign[b"text"] == "Hi €".encode()
-        assert client.hgetall(f"smsq:campaign:{cid}:batch:0") == {b"0": b"queued|37041654321"}
-        # A single message is transactional: it goes on the priority queue.
+        [record] = stack.records(cid).values()
+        assert (record.index, record.state, record.destination) == (0, "queued", "37041654321")
+        # A single message is transactional: the trunk's urgent lane and the priority queue.
+        assert client.lrange("smsq:trunk:default:urgent", 0, -1) == [f"{cid}|0|0".encode()]
         assert client.llen("smsq.priority") == 1 and client.llen("smsq.campaigns") == 0
     finally:
         client.close()

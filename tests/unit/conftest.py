@@ -17,7 +17,7 @@ import fakeredis.aioredis
 import pytest
 from smsq_testing import make_settings, write_campaign
 
-from ledger import events, keys
+from ledger import events, keys, records
 from ledger.settings import Settings
 from ledger.store import Ledger
 
@@ -97,7 +97,47 @@ def states(sync_redis: fakeredis.FakeRedis) -> Callable[[str, int], dict[int, st
     """Message index -> state, for one batch of a campaign."""
 
     def read(cid: str, batch_no: int = 0) -> dict[int, str]:
-        raw = sync_redis.hgetall(keys.batch(cid, batch_no))
-        return {int(k): v.decode().split("|")[0] for k, v in sorted(raw.items())}
+        size = int(sync_redis.hget(keys.campaign(cid), "batch_size") or 0)
+        data = sync_redis.get(keys.batch(cid, batch_no)) or b""
+        return {r.index: str(r.state) for r in records.iter_batch(batch_no * size, data)}
 
     return read
+
+
+# --- A real redis-server, for the ledger's Lua scripts as production runs them ------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One private redis-server per test process (pytest-xdist worker), on a free port."""
+    from ops.stack import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def real_redis(redis_server: Any) -> Iterator[Any]:
+    """A sync client on that server, emptied before each test (it is ours alone)."""
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def real_ledger(redis_server: Any, real_redis: Any, settings: Settings) -> Callable[..., Ledger]:
+    """Call inside a coroutine: a Ledger on the real server."""
+    from redis.asyncio import Redis
+
+    def make(custom: Settings | None = None) -> Ledger:
+        return Ledger(Redis.from_url(redis_server.url), custom or settings)
+
+    return make
+
+
+@pytest.fixture
+def real_campaign(real_redis: Any) -> Callable[..., str]:
+    """write_campaign on the real server."""
+    return lambda *args, **kwargs: write_campaign(real_redis, *args, **kwargs)

@@ -1,5 +1,6 @@
-"""Plain helpers the unit tests import (fixtures live in conftest.py): settings for tests
-and a campaign writer that stores what producer/enqueue.py stores."""
+"""Plain helpers the unit tests import (fixtures live in conftest.py): settings for tests,
+a campaign writer that stores what producer/enqueue.py stores, and accept() for a message
+DIDWW has accepted."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Any
 
 import fakeredis
 
-from ledger import keys
+from ledger import events, keys, records
+from ledger.hotpath import RateParams, Recorded, Result
 from ledger.settings import Settings
 from ledger.states import CampaignState, State
-from ledger.store import encode_record
+from ledger.store import Ledger
 
 PASSWORD = "pw-SECRET"
 TOKEN = "tok-SECRET"
@@ -50,6 +52,10 @@ def write_campaign(
     source: str = SOURCE,
     text: str = TEXT,
     name: str = "test",
+    trunk: str = "default",
+    priority: bool | None = None,
+    segments: int = 1,
+    send_at: float = 0.0,
 ) -> str:
     """Write a campaign the way producer/enqueue.py does; returns its id.
 
@@ -59,7 +65,7 @@ def write_campaign(
     _made += 1
     if isinstance(destinations, int):
         destinations = [f"3706{i:07d}" for i in range(destinations)]
-    cid = f"c{_made:06d}"
+    cid = f"{_made:016x}"
     total = len(destinations)
     batches = (total + batch_size - 1) // batch_size
     now_s, now_us = client.time()
@@ -67,10 +73,8 @@ def write_campaign(
     pipe = client.pipeline(transaction=False)
     for start in range(0, total, batch_size):
         chunk = destinations[start : start + batch_size]
-        pipe.hset(
-            keys.batch(cid, start // batch_size),
-            mapping={start + i: encode_record(State.QUEUED, d) for i, d in enumerate(chunk)},
-        )
+        data = b"".join(records.queued(d, segments) for d in chunk)
+        pipe.set(keys.batch(cid, start // batch_size), data)
     pipe.hset(keys.counts(cid), str(State.QUEUED), total)
     pipe.hset(
         keys.campaign(cid),
@@ -78,6 +82,7 @@ def write_campaign(
             "source": source,
             "text": text,
             "name": name,
+            "trunk": trunk,
             "total": total,
             "batch_size": batch_size,
             "batches": batches,
@@ -85,10 +90,43 @@ def write_campaign(
             "expires_at": f"{created_at + ttl_s:.3f}",
             "state": str(state),
             "encoding": "GSM-7",
-            "segments": 1,
-            "priority": "1" if total == 1 else "0",
+            "segments": segments,
+            "priority": "1" if (total == 1 if priority is None else priority) else "0",
+            "send_at": f"{send_at:.3f}" if send_at else "",
         },
     )
     pipe.zadd(keys.campaigns(), {cid: created_at})
     pipe.execute()
     return cid
+
+
+async def accept(ledger: Ledger, cid: str, didww_id: str, index: int = 0) -> Recorded:
+    """Make message ``index`` of campaign ``cid`` accepted with ``didww_id`` the way a worker
+    does: claim it (a rate of 100,000/s has free slots at once), then record DIDWW's 201."""
+    c = await ledger.campaign(cid)
+    assert c is not None, f"no campaign {cid}"
+    batch_no = c.batch_of(index)
+    reply = await ledger.claim(
+        c.trunk,
+        1,
+        RateParams.of(100_000, 1.0),
+        due=0,
+        want=0,
+        max_messages=1,
+        batches=[(cid, batch_no, [index])],
+        event_base=events.encode(events.message_event(None, None, "", "", None)),
+    )
+    found = [m for m in reply.claimed if (m.cid, m.index) == (cid, index)]
+    assert found, f"message {cid}-{index} was not claimed: {reply}"
+    claimed = found[0]
+    event = events.message_event(
+        cid, c.message_id(index), claimed.destination, c.source, didww_id, trunk=c.trunk
+    )
+    event["type"] = "accepted"
+    key, raw = records.id_key(didww_id)
+    result = Result(
+        "accepted", cid, batch_no, index, events.encode(event), key, didww_id, "1" if raw else ""
+    )
+    recorded = await ledger.record([result], [])
+    assert recorded.moved == [True], f"message {cid}-{index} was not accepted: {recorded}"
+    return recorded

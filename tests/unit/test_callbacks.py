@@ -1,5 +1,6 @@
-"""Tests for the callback ingester (callbacks.app and callbacks.document) through
-httpx.ASGITransport: the token, media types, size limit, validation, and ledger updates."""
+"""Tests for the callback ingester (callbacks.app, callbacks.document, callbacks.metrics)
+through httpx.ASGITransport: the token, media types, size limit, validation, ledger updates
+(applied, duplicate, orphan joined later, late) and the /metrics page."""
 
 from __future__ import annotations
 
@@ -17,19 +18,30 @@ import pytest
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
-from smsq_testing import OWNER, SOURCE, TOKEN, make_settings, write_campaign
+from smsq_testing import SOURCE, TOKEN, accept, make_settings, write_campaign
 
 from callbacks.app import MAX_BODY_BYTES, create_app
 from callbacks.document import InvalidCallback, parse
+from callbacks.metrics import REGISTRY
+from ledger import keys, records
+from ledger.dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE
+from ledger.records import Record
 from ledger.settings import Settings
+from ledger.states import ALL_STATES, State
 from ledger.store import Ledger
 
 JSONAPI = "application/vnd.api+json"
 DEST = "37060000000"
+# DIDWW answers with UUIDs; the ledger keeps other ids too (hashed, the id beside them).
+DIDWW_ID = "8c5e1b2a-4f3d-4e6a-9b7c-0d1e2f3a4b5c"
+OTHER_ID = "1f0e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+RAW_ID = "d-1"
 
 
-def valid_doc(didww_id: str = "d-1", **attrs: Any) -> dict[str, Any]:
+def valid_doc(didww_id: str = DIDWW_ID, **attrs: Any) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "time_start": "1997-07-16T19:20:30.45Z",
         "end_time": "2001-07-16T19:20:30.45Z",
@@ -72,17 +84,28 @@ async def post(
     return await client.post("/callbacks", content=content, headers=headers, params=params)
 
 
-async def accepted_message(ledger: Ledger, server: fakeredis.FakeServer, didww_id: str) -> str:
-    """A one-message campaign whose message DIDWW has accepted as ``didww_id``."""
+def new_campaign(server: fakeredis.FakeServer, destinations: list[str] | int = 1) -> str:
     sync = fakeredis.FakeRedis(server=server)
-    cid = write_campaign(sync, [DEST])
-    sync.close()
+    try:
+        return write_campaign(sync, [DEST] if destinations == 1 else destinations)
+    finally:
+        sync.close()
+
+
+async def accepted_message(
+    ledger: Ledger, server: fakeredis.FakeServer, didww_id: str = DIDWW_ID
+) -> str:
+    """A one-message campaign whose message DIDWW has accepted as ``didww_id``."""
+    cid = new_campaign(server)
+    await accept(ledger, cid, didww_id)
+    return cid
+
+
+async def record_of(ledger: Ledger, cid: str, index: int = 0) -> Record:
     c = await ledger.campaign(cid)
     assert c is not None
-    [r] = await ledger.records(cid, 0)
-    assert await ledger.claim(c, r, OWNER) == ["claimed"]
-    assert (await ledger.accept(c, r, didww_id))[0] == "accepted"
-    return cid
+    [found] = [r for r in await ledger.records(c, c.batch_of(index)) if r.index == index]
+    return found
 
 
 def run(
@@ -97,15 +120,24 @@ def run(
     return asyncio.run(go())
 
 
+def stats(sync_redis: fakeredis.FakeRedis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in sync_redis.hgetall(keys.stats()).items()}
+
+
+# --- the token, media types and sizes
+
+
 @pytest.mark.parametrize("token", [None, "", "wrong", TOKEN + "x", TOKEN[:-1]])
-def test_missing_or_wrong_token_is_401(server, read_events, token: str | None) -> None:
+def test_missing_or_wrong_token_is_401(server, read_events, sync_redis, token: str | None) -> None:
     async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
         return await post(client, valid_doc(), token=token)
 
     response = run(server, steps)
     assert response.status_code == 401
+    assert response.json()["errors"][0]["status"] == "401"
     assert TOKEN not in response.text
     assert read_events() == []
+    assert sync_redis.keys("smsq:orphan*") == []
 
 
 def test_no_configured_token_refuses_everything(server) -> None:
@@ -135,7 +167,9 @@ def test_other_media_types_are_415(server, read_events, content_type: str | None
     async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
         return await post(client, valid_doc(), content_type=content_type)
 
-    assert run(server, steps).status_code == 415
+    response = run(server, steps)
+    assert response.status_code == 415
+    assert response.headers["content-type"].startswith(JSONAPI)
     assert read_events() == []
 
 
@@ -147,7 +181,20 @@ def test_body_over_64_kib_is_413(server, sync_redis) -> None:
         return await post(client, doc)
 
     assert run(server, steps).status_code == 413
-    assert sync_redis.keys("smsq:orphan:*") == []
+    assert sync_redis.keys("smsq:orphan*") == []
+
+
+def test_body_just_under_64_kib_is_read(server) -> None:
+    doc = valid_doc()
+    doc["padding"] = ""
+    doc["padding"] = "x" * (MAX_BODY_BYTES - len(json.dumps(doc)))
+    assert len(json.dumps(doc)) == MAX_BODY_BYTES
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await post(client, doc)
+
+    response = run(server, steps)
+    assert response.status_code == 200 and response.json() == {"result": "orphan"}
 
 
 def test_streamed_body_over_64_kib_without_length_is_413(server) -> None:
@@ -165,6 +212,9 @@ def test_streamed_body_over_64_kib_without_length_is_413(server) -> None:
 
     response = run(server, steps)
     assert response.status_code == 413
+
+
+# --- validation
 
 
 def _without(path: str) -> dict[str, Any]:
@@ -197,10 +247,12 @@ MALFORMED: dict[str, bytes | dict[str, Any]] = {
     "code-id-true": valid_doc(code_id=True),
     "code-id-float": valid_doc(code_id=2.5),
     "code-id-negative": valid_doc(code_id=-1),
+    "code-id-too-big": valid_doc(code_id=2**31),
     "fragments-string": valid_doc(fragments_sent="7"),
     "missing-destination": _without("data.attributes.destination"),
     "source-number": valid_doc(source=37041123456),
     "time-start-number": valid_doc(time_start=5),
+    "time-end-number": valid_doc(time_end=5),
     # JSON may escape a lone surrogate, which no UTF-8 store can hold.
     "surrogate-destination": valid_doc(destination="\ud800"),
     "surrogate-time-end": valid_doc(end_time="2001\udfff"),
@@ -214,15 +266,17 @@ MALFORMED: dict[str, bytes | dict[str, Any]] = {
 def test_malformed_documents_are_400(server, read_events, sync_redis, name: str) -> None:
     body = MALFORMED[name]
 
-    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> httpx.Response:
-        await accepted_message(ledger, server, "d-1")
-        return await post(client, body)
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[httpx.Response, Record]:
+        cid = await accepted_message(ledger, server)
+        return await post(client, body), await record_of(ledger, cid)
 
-    response = run(server, steps)
+    response, record = run(server, steps)
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["status"] == "400"
+    assert response.headers["content-type"].startswith(JSONAPI)
     assert [e["type"] for e in read_events()] == ["accepted"]
-    assert sync_redis.keys("smsq:orphan:*") == []
+    assert record.state is State.ACCEPTED
+    assert sync_redis.keys("smsq:orphan*") == []
 
 
 @pytest.mark.parametrize("spelling", ["end_time", "time_end"])
@@ -236,40 +290,68 @@ def test_end_time_in_either_spelling(spelling: str) -> None:
     assert "end_time" not in update.event
 
 
-def test_end_time_through_the_app(server, read_events) -> None:
-    doc = valid_doc()
+@pytest.mark.parametrize("spelling", ["end_time", "time_end"])
+def test_end_time_through_the_app(server, read_events, spelling: str) -> None:
+    doc = valid_doc(time_start="2001-01-01T00:00:00Z")
     del doc["data"]["attributes"]["end_time"]
-    doc["data"]["attributes"]["time_end"] = "2001-01-01T00:00:00Z"
+    doc["data"]["attributes"][spelling] = "2001-01-01T00:00:09Z"
 
-    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> httpx.Response:
-        await accepted_message(ledger, server, "d-1")
-        return await post(client, doc)
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[httpx.Response, Record]:
+        cid = await accepted_message(ledger, server)
+        return await post(client, doc), await record_of(ledger, cid)
 
-    assert run(server, steps).status_code == 200
-    assert read_events()[-1]["time_end"] == "2001-01-01T00:00:00Z"
+    response, record = run(server, steps)
+    assert response.status_code == 200 and response.json() == {"result": "applied"}
+    assert read_events()[-1]["time_end"] == "2001-01-01T00:00:09Z"
+    assert "end_time" not in read_events()[-1]
+    assert (record.t2, record.time_start, record.time_end) == (
+        9,
+        "2001-01-01T00:00:00Z",
+        "2001-01-01T00:00:09Z",
+    )
 
 
 def test_unknown_code_id_passes_through_as_a_number(server, read_events) -> None:
-    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> httpx.Response:
-        await accepted_message(ledger, server, "d-1")
-        return await post(client, valid_doc(status="Failed", code_id=999))
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[httpx.Response, Record]:
+        cid = await accepted_message(ledger, server)
+        return await post(client, valid_doc(status="Failed", code_id=999)), await record_of(
+            ledger, cid
+        )
 
-    assert run(server, steps).status_code == 200
+    response, record = run(server, steps)
+    assert response.status_code == 200 and response.json() == {"result": "applied"}
     failed = read_events()[-1]
     assert failed["type"] == "failed"
+    assert failed["status"] == "Failed"
     assert failed["code_id"] == 999
     assert failed["reason"] is None
+    assert record.state is State.FAILED and record.code_id == 999
 
 
-def test_a_valid_callback_settles_the_message_once(server, read_events, states) -> None:
+def test_routing_error_fails_the_message(server, read_events, counts) -> None:
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[str, httpx.Response]:
+        cid = await accepted_message(ledger, server)
+        return cid, await post(client, valid_doc(status="Routing Error", code_id=None))
+
+    cid, response = run(server, steps)
+    assert response.json() == {"result": "applied"}
+    assert read_events()[-1]["type"] == "failed"
+    assert counts(cid) == {"failed": 1}
+
+
+# --- what a callback does to the ledger
+
+
+def test_a_valid_callback_settles_the_message_once(server, read_events, counts, sync_redis) -> None:
     async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[Any, ...]:
-        cid = await accepted_message(ledger, server, "d-1")
+        cid = await accepted_message(ledger, server)
         first = await post(client, valid_doc())
         after_first = len(read_events())
         second = await post(client, valid_doc(), content_type="application/json")
-        return cid, first, after_first, second
+        c = await ledger.campaign(cid)
+        return cid, first, after_first, second, await record_of(ledger, cid), c
 
-    cid, first, after_first, second = run(server, steps)
+    cid, first, after_first, second, record, c = run(server, steps)
     assert first.status_code == 200 and first.json() == {"result": "applied"}
     assert second.status_code == 200 and second.json() == {"result": "duplicate"}
     events = read_events()
@@ -278,26 +360,144 @@ def test_a_valid_callback_settles_the_message_once(server, read_events, states) 
     assert sent["type"] == "sent"
     assert sent["campaign_id"] == cid
     assert sent["message_id"] == f"{cid}-0"
-    assert sent["didww_id"] == "d-1"
+    assert sent["didww_id"] == DIDWW_ID
     assert sent["destination"] == DEST and sent["source"] == SOURCE
     assert sent["status"] == "Success"
     assert sent["code_id"] is None
     assert sent["fragments_sent"] == 7
     assert sent["time_start"] == "1997-07-16T19:20:30.45Z"
     assert sent["time_end"] == "2001-07-16T19:20:30.45Z"
-    assert states(cid) == {0: "sent"}
+    assert "late" not in sent
+    assert record.state is State.SENT
+    assert (record.didww_id, record.fragments, record.code_id) == (DIDWW_ID, 7, None)
+    assert record.flags & records.LATE == 0
+    assert record.time_start == "1997-07-16T19:20:30Z"
+    assert counts(cid) == {"sent": 1}
+    assert c is not None and c.done_at is not None
+    assert stats(sync_redis) == {"callbacks_applied": 1, "callbacks_duplicate": 1}
 
 
-def test_redis_failure_answers_503(server, monkeypatch) -> None:
+def test_a_didww_id_that_is_not_a_uuid_is_found_too(server, read_events, sync_redis) -> None:
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[Any, ...]:
+        cid = await accepted_message(ledger, server, RAW_ID)
+        other = await post(client, valid_doc("d-2"))
+        return cid, await post(client, valid_doc(RAW_ID)), other, await record_of(ledger, cid)
+
+    cid, response, other, record = run(server, steps)
+    assert response.json() == {"result": "applied"}
+    assert other.json() == {"result": "orphan"}
+    assert read_events()[-1]["didww_id"] == RAW_ID
+    assert read_events()[-1]["message_id"] == f"{cid}-0"
+    assert record.state is State.SENT and record.flags & records.RAW_ID
+    assert sync_redis.hget(keys.raw_ids(cid), "0") == RAW_ID.encode()
+
+
+def test_a_callback_before_its_201_is_kept_then_joined(
+    server, read_events, counts, sync_redis
+) -> None:
+    cid = new_campaign(server)
+
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[Any, ...]:
+        kept = await post(client, valid_doc())
+        again = await post(client, valid_doc())
+        waiting = sync_redis.exists(keys.orphan(DIDWW_ID)), sync_redis.zcard(keys.orphans())
+        recorded = await accept(ledger, cid, DIDWW_ID)
+        late_copy = await post(client, valid_doc())
+        return kept, again, waiting, recorded, late_copy, await record_of(ledger, cid)
+
+    kept, again, waiting, recorded, late_copy, record = run(server, steps)
+    assert kept.json() == {"result": "orphan"}
+    assert again.json() == {"result": "duplicate"}
+    assert waiting == (1, 1)
+    # Settled by the same step that recorded DIDWW's 201.
+    assert recorded.settled == ["sent"]
+    assert late_copy.json() == {"result": "duplicate"}
+    assert [e["type"] for e in read_events()] == ["accepted", "sent"]
+    sent = read_events()[-1]
+    assert sent["campaign_id"] == cid and sent["message_id"] == f"{cid}-0"
+    assert sent["didww_id"] == DIDWW_ID and sent["fragments_sent"] == 7
+    assert record.state is State.SENT and record.fragments == 7
+    assert counts(cid) == {"sent": 1}
+    assert sync_redis.exists(keys.orphan(DIDWW_ID)) == 0
+    assert sync_redis.zcard(keys.orphans()) == 0
+    assert sync_redis.zcard(keys.orphans_by_pair(SOURCE, DEST)) == 0
+    assert stats(sync_redis) == {
+        "orphans_kept": 1,
+        "orphans_joined": 1,
+        "callbacks_duplicate": 2,
+    }
+
+
+def test_a_late_callback_settles_an_unconfirmed_message(
+    server, read_events, counts, sync_redis
+) -> None:
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[Any, ...]:
+        cid = await accepted_message(ledger, server)
+        unconfirmed = await ledger.unconfirm(0)
+        before = counts(cid)
+        late = await post(client, valid_doc())
+        again = await post(client, valid_doc())
+        return cid, unconfirmed, before, late, again, await record_of(ledger, cid)
+
+    cid, unconfirmed, before, late, again, record = run(server, steps)
+    assert unconfirmed == 1 and before == {"unconfirmed": 1}
+    assert late.status_code == 200 and late.json() == {"result": "late"}
+    assert again.json() == {"result": "duplicate"}
+    assert [e["type"] for e in read_events()] == ["accepted", "unconfirmed", "sent"]
+    sent = read_events()[-1]
+    assert sent["late"] is True
+    assert sent["previous_state"] == "unconfirmed"
+    assert sent["campaign_id"] == cid and sent["message_id"] == f"{cid}-0"
+    assert sent["didww_id"] == DIDWW_ID
+    assert record.state is State.SENT and record.flags & records.LATE
+    assert counts(cid) == {"sent": 1}
+    assert stats(sync_redis)["callbacks_late"] == 1
+
+
+def test_a_callback_without_fragments_sent_keeps_the_estimate(server) -> None:
+    sync = fakeredis.FakeRedis(server=server)
+    cid = write_campaign(sync, [DEST], segments=2)
+    sync.close()
+
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[httpx.Response, Record]:
+        await accept(ledger, cid, DIDWW_ID)
+        assert (await record_of(ledger, cid)).fragments == 2
+        return await post(client, valid_doc(fragments_sent=None)), await record_of(ledger, cid)
+
+    response, record = run(server, steps)
+    assert response.json() == {"result": "applied"}
+    assert record.state is State.SENT
+    assert record.fragments == 2
+
+
+@pytest.mark.parametrize("time_start", ["0001-01-01T00:00:00Z", "2200-01-01T00:00:00Z"])
+def test_a_time_start_the_record_cannot_hold_is_not_stored_as_another_date(
+    server, time_start: str
+) -> None:
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> Record:
+        cid = await accepted_message(ledger, server)
+        await post(client, valid_doc(time_start=time_start))
+        return await record_of(ledger, cid)
+
+    record = run(server, steps)
+    assert record.time_start in (None, time_start)
+
+
+@pytest.mark.parametrize("how", ["apply_callback raises", "server down"])
+def test_redis_failure_answers_503(server, monkeypatch, how: str) -> None:
     async def broken(self: Ledger, update: Any) -> str:
         raise RedisConnectionError("redis down")
 
-    monkeypatch.setattr(Ledger, "apply_callback", broken)
+    if how == "apply_callback raises":
+        monkeypatch.setattr(Ledger, "apply_callback", broken)
 
     async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        server.connected = how != "server down"
         return await post(client, valid_doc())
 
-    assert run(server, steps).status_code == 503
+    response = run(server, steps)
+    assert response.status_code == 503
+    assert response.json()["errors"][0]["status"] == "503"
 
 
 def test_healthz(server) -> None:
@@ -308,7 +508,82 @@ def test_healthz(server) -> None:
     assert response.status_code == 200 and response.json() == {"ok": True}
 
 
-# Generated bodies: whatever arrives, the answer is 200 or 4xx, and only valid ones count.
+# --- /metrics
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page: (name, sorted labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def orphans_counted() -> float:
+    labels = {"status": "Success", "outcome": "orphan"}
+    return REGISTRY.get_sample_value("smsq_callbacks_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(("flag", "halted", "backing_off"), [("halt", 1, 0), ("back_off", 0, 1)])
+def test_metrics_show_the_ledger_the_trunk_and_the_callbacks(
+    server, flag: str, halted: int, backing_off: int
+) -> None:
+    new_campaign(server, 3)
+    before = orphans_counted()
+
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> httpx.Response:
+        if flag == "halt":
+            assert await ledger.halt("default", "Authorization failed")
+        else:
+            assert await ledger.back_off("default", "DIDWW answers 503", 60)
+        assert (await post(client, valid_doc())).json() == {"result": "orphan"}
+        return await client.get("/metrics")
+
+    response = run(server, steps)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert f'smsq_halted{{trunk="default"}} {halted}.0' in response.text.splitlines()
+    got = samples(response.text)
+    for state in ALL_STATES:
+        expected = 3 if state is State.QUEUED else 0
+        assert got[("smsq_messages", (("state", str(state)),))] == expected, state
+    assert got[("smsq_halted", (("trunk", "default"),))] == halted
+    assert got[("smsq_backing_off", (("trunk", "default"),))] == backing_off
+    assert got[("smsq_queue_depth", (("queue", CAMPAIGN_QUEUE),))] == 0
+    assert got[("smsq_queue_depth", (("queue", PRIORITY_QUEUE),))] == 0
+    assert got[("smsq_parked_batches", ())] == 0
+    assert 0 <= got[("smsq_oldest_queued_age_seconds", ())] < 60
+    assert got[("smsq_orphan_callbacks_waiting", ())] == 1
+    assert got[("smsq_callback_results", (("result", "orphans_kept"),))] == 1
+    # The alert the flag raised.
+    assert got[("smsq_events_stream_length", ())] == 1
+    labels = (("outcome", "orphan"), ("status", "Success"))
+    assert got[("smsq_callbacks_total", labels)] == before + 1
+
+
+def test_metrics_with_nothing_stored(server) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await client.get("/metrics")
+
+    got = samples(run(server, steps).text)
+    assert got[("smsq_halted", (("trunk", "default"),))] == 0
+    assert got[("smsq_backing_off", (("trunk", "default"),))] == 0
+    assert got[("smsq_oldest_queued_age_seconds", ())] == 0
+    assert got[("smsq_messages", (("state", "queued"),))] == 0
+
+
+def test_metrics_answer_503_while_redis_is_down(server) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        server.connected = False
+        return await client.get("/metrics")
+
+    response = run(server, steps)
+    assert response.status_code == 503
+    assert response.text == "redis unavailable\n"
+
+
+# --- generated bodies: whatever arrives, the answer is 200 or 4xx, and only valid ones count
 
 json_values = st.recursive(
     st.none()
@@ -337,7 +612,7 @@ FIELDS = [
 
 @st.composite
 def mutated_documents(draw: st.DrawFn) -> dict[str, Any]:
-    doc = copy.deepcopy(valid_doc(draw(st.sampled_from(["d-1", "d-2", "x" * 100]))))
+    doc = copy.deepcopy(valid_doc(draw(st.sampled_from([DIDWW_ID, OTHER_ID, "x" * 100]))))
     for _ in range(draw(st.integers(1, 3))):
         where = draw(st.sampled_from(["attr", "attr-del", "data", "data-del", "root"]))
         attrs = doc["data"].get("attributes") if isinstance(doc.get("data"), dict) else None
@@ -371,7 +646,9 @@ def valid_documents(draw: st.DrawFn) -> dict[str, Any]:
     for name in ("time_start", "end_time", "time_end"):
         if draw(st.booleans()):
             attrs[name] = draw(st.text(min_size=1, max_size=64) | st.just("\ud800"))
-    didww_id = draw(st.sampled_from(["d-1", "d-2"]) | st.text(min_size=1, max_size=100))
+    didww_id = draw(
+        st.sampled_from([DIDWW_ID, OTHER_ID, RAW_ID]) | st.text(min_size=1, max_size=100)
+    )
     return {"data": {"type": "outbound_message_callbacks", "id": didww_id, "attributes": attrs}}
 
 
@@ -399,7 +676,7 @@ def test_generated_bodies_never_break_the_ingester(body: bytes, content_type: st
     stream = make_settings().events_stream
 
     async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[int, int, httpx.Response]:
-        await accepted_message(ledger, server, "d-1")
+        await accepted_message(ledger, server)
         before = await ledger.redis.xlen(stream)
         response = await post(client, body, content_type=content_type)
         return before, await ledger.redis.xlen(stream), response
@@ -422,7 +699,10 @@ def test_generated_bodies_never_break_the_ingester(body: bytes, content_type: st
         assert orphans == []
     else:
         assert update is not None
-        assert response.json()["result"] in {"applied", "orphan"}
-        assert after - before == (1 if response.json()["result"] == "applied" else 0)
-        if response.json()["result"] == "applied":
-            assert update.didww_id == "d-1"
+        result = response.json()["result"]
+        event(f"result {result}")
+        assert result in {"applied", "orphan"}
+        assert after - before == (1 if result == "applied" else 0)
+        assert (len(orphans) == 1) == (result == "orphan")
+        if result == "applied":
+            assert update.didww_id == DIDWW_ID

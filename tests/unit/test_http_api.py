@@ -1,11 +1,13 @@
 """Tests for the HTTP API (producer.http) through httpx.ASGITransport on fakeredis: the bearer
-token, every endpoint's answers and status codes, the body limit, and Redis failures."""
+token, every endpoint's answers and status codes (priority campaigns and the trunk's urgent
+lane, the status shape), the body limit, and Redis failures."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -13,13 +15,14 @@ import fakeredis
 import fakeredis.aioredis
 import httpx
 import pytest
-from smsq_testing import SOURCE, make_settings, write_campaign
+from smsq_testing import SOURCE, accept, make_settings, write_campaign
 
-from ledger import keys
+from ledger import events, keys, records
 from ledger.dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE, SEND_BATCH
 from ledger.errors import ConfigError
+from ledger.hotpath import RateParams
 from ledger.settings import Settings
-from ledger.states import CampaignState
+from ledger.states import ALL_STATES, CampaignState
 from ledger.store import Ledger
 from producer import http
 from producer.enqueue import MAX_REPORTED_REJECTIONS, Producer
@@ -27,6 +30,8 @@ from producer.enqueue import MAX_REPORTED_REJECTIONS, Producer
 API_TOKEN = "api-SECRET-token"
 AUTH = {"authorization": f"Bearer {API_TOKEN}"}
 NUMBERS = ["+370 41 654321", "0037041654322", "37041654323"]
+# A well-formed campaign id that no test stores.
+ABSENT = "0123456789abcdef"
 
 
 class FakeCelery:
@@ -34,16 +39,27 @@ class FakeCelery:
 
     def __init__(self, fail: bool = False) -> None:
         self.sent: list[tuple[str, list[Any], str]] = []
+        self.kwargs: list[dict[str, Any]] = []
         self.fail = fail
 
     @contextlib.contextmanager
     def producer_or_acquire(self) -> Iterator[None]:
         yield None
 
-    def send_task(self, name: str, args: list[Any], queue: str, producer: Any) -> None:
+    def send_task(
+        self,
+        name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        queue: str,
+        producer: Any,
+        shadow: str,
+    ) -> None:
         if self.fail:
             raise ConnectionError("broker unreachable")
+        assert shadow == f"{name}[{kwargs['trunk']}]"
         self.sent.append((name, args, queue))
+        self.kwargs.append(kwargs)
 
 
 def api_settings(**overrides: Any) -> Settings:
@@ -110,6 +126,10 @@ def stored_campaigns(sync_redis: fakeredis.FakeRedis) -> list[bytes]:
     return list(sync_redis.zrange(keys.campaigns(), 0, -1))
 
 
+def urgent_lane(sync_redis: fakeredis.FakeRedis) -> list[str]:
+    return [m.decode() for m in sync_redis.lrange(keys.urgent("default"), 0, -1)]
+
+
 # --- POST /v1/campaigns
 
 
@@ -132,20 +152,71 @@ def test_create_campaign_is_201_with_the_enqueue_result(server, sync_redis) -> N
         "encoding": "GSM-7",
         "priority": False,
     }
+    assert keys.CAMPAIGN_ID.fullmatch(cid)
     stored = sync_redis.hgetall(keys.campaign(cid))
     assert stored[b"name"] == b"sale" and stored[b"text"] == b"Sale today"
+    assert stored[b"trunk"] == b"default" and stored[b"priority"] == b"0"
     assert float(stored[b"expires_at"]) - float(stored[b"created_at"]) == pytest.approx(600)
-    destinations = sorted(v.split(b"|")[1] for v in sync_redis.hvals(keys.batch(cid, 0)))
-    assert destinations == [b"37041654321", b"37041654322", b"37041654323"]
+    stored_records = list(records.iter_batch(0, sync_redis.get(keys.batch(cid, 0))))
+    assert [r.destination for r in stored_records] == ["37041654321", "37041654322", "37041654323"]
+    assert {r.state for r in stored_records} == {"queued"}
+    assert sync_redis.hget(keys.counts(cid), "queued") == b"3"
     assert celery.sent == [(SEND_BATCH, [cid, 0], CAMPAIGN_QUEUE)]
+    assert celery.kwargs == [{"trunk": "default", "urgent": False}]
+    assert urgent_lane(sync_redis) == []
 
 
-def test_a_single_message_goes_on_the_priority_queue(server) -> None:
+def test_a_single_message_goes_on_the_priority_queue(server, sync_redis) -> None:
     celery = FakeCelery()
     response = create(server, campaign_body(destinations=["37041654321"], name=None), celery)
     assert response.status_code == 201
     assert response.json()["priority"] is True
-    assert celery.sent == [(SEND_BATCH, [response.json()["campaign_id"], 0], PRIORITY_QUEUE)]
+    cid = response.json()["campaign_id"]
+    assert celery.sent == [(SEND_BATCH, [cid, 0], PRIORITY_QUEUE)]
+    assert celery.kwargs == [{"trunk": "default", "urgent": True}]
+    assert urgent_lane(sync_redis) == [f"{cid}|0|0"]
+
+
+def test_a_priority_campaign_takes_the_urgent_lane(server, sync_redis) -> None:
+    celery = FakeCelery()
+    cfg = api_settings(batch_size=2)
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await post_json(client, campaign_body(priority=True))
+
+    response = run(server, steps, celery=celery, cfg=cfg)
+    assert response.status_code == 201, response.text
+    assert response.json()["priority"] is True
+    cid = response.json()["campaign_id"]
+    # Every message, as cid|batch|index, in index order.
+    assert urgent_lane(sync_redis) == [f"{cid}|0|0", f"{cid}|0|1", f"{cid}|1|2"]
+    assert sync_redis.hget(keys.campaign(cid), "priority") == b"1"
+    assert celery.sent == [
+        (SEND_BATCH, [cid, 0], PRIORITY_QUEUE),
+        (SEND_BATCH, [cid, 1], PRIORITY_QUEUE),
+    ]
+    assert celery.kwargs == [{"trunk": "default", "urgent": True}] * 2
+
+
+def test_priority_false_is_an_ordinary_campaign(server, sync_redis) -> None:
+    celery = FakeCelery()
+    response = create(server, campaign_body(priority=False), celery)
+    assert response.status_code == 201, response.text
+    assert response.json()["priority"] is False
+    cid = response.json()["campaign_id"]
+    assert urgent_lane(sync_redis) == []
+    assert sync_redis.hget(keys.campaign(cid), "priority") == b"0"
+    assert celery.sent == [(SEND_BATCH, [cid, 0], CAMPAIGN_QUEUE)]
+
+
+@pytest.mark.parametrize("value", ["true", 1, 0, None, [], {}, "yes"])
+def test_priority_must_be_a_boolean(server, sync_redis, value: Any) -> None:
+    celery = FakeCelery()
+    response = create(server, campaign_body(priority=value), celery)
+    assert response.status_code == 422, response.text
+    assert response.json() == {"error": "priority: must be true or false"}
+    assert stored_campaigns(sync_redis) == [] and urgent_lane(sync_redis) == []
+    assert celery.sent == []
 
 
 def test_rejections_listed_are_capped_but_all_counted(server) -> None:
@@ -177,6 +248,12 @@ def test_rejections_listed_are_capped_but_all_counted(server) -> None:
         (campaign_body(ttl_s=True), 422, "ttl_s"),
         (campaign_body(ttl_s="60"), 422, "ttl_s"),
         (campaign_body(destination=["37041654321"]), 422, "unknown field 'destination'"),
+        (
+            campaign_body(urgent=True),
+            422,
+            "unknown field 'urgent' (the fields are source, text, destinations, name, ttl_s, "
+            "priority)",
+        ),
     ],
 )
 def test_malformed_bodies_are_refused_naming_the_field(
@@ -371,10 +448,131 @@ def test_status_is_what_smsq_status_json_prints(server, sync_redis) -> None:
     response, expected = run(server, steps)
     assert response.status_code == 200
     assert response.json() == expected
-    assert expected["counts"]["queued"] == 5 and expected["name"] == "promo"
+    out = response.json()
+    assert out["campaign_id"] == cid and out["name"] == "promo" and out["total"] == 5
+    assert out["state"] == "active" and out["done"] is False
+    assert out["trunk"] == "default" and out["priority"] is False
+    # Every message state is counted, the side exits included.
+    assert out["counts"] == {str(state): 5 if state == "queued" else 0 for state in ALL_STATES}
+    assert {"unconfirmed", "suppressed"} <= set(out["counts"])
+    trunk = out["trunk_status"]
+    assert trunk["name"] == "default"
+    assert (trunk["halted"], trunk["halted_why"]) == (False, None)
+    assert (trunk["backing_off"], trunk["backoff_why"]) == (False, None)
+    assert trunk["parked_batches"] == 0 and trunk["orphan_callbacks_waiting"] == 0
 
 
-@pytest.mark.parametrize("cid", ["0123456789abcdef", "a:b", "x" * 65, "%20"])
+def get_status(server: fakeredis.FakeServer, cid: str, before: Steps | None = None) -> Any:
+    """GET /v1/campaigns/{cid}, after running ``before`` (given the client and the ledger)."""
+
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> httpx.Response:
+        if before is not None:
+            await before(client, ledger)
+        return await client.get(f"/v1/campaigns/{cid}", headers=AUTH)
+
+    response = run(server, steps)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(
+    ("state", "send_in_s", "expected"),
+    [
+        (CampaignState.ACTIVE, 0, "active"),
+        (CampaignState.PAUSED, 0, "paused"),
+        (CampaignState.CANCELLED, 0, "cancelled"),
+        (CampaignState.SCHEDULED, 3600, "scheduled"),
+        # Its time has come: active, though no worker has claimed from it yet.
+        (CampaignState.SCHEDULED, -60, "active"),
+    ],
+)
+def test_status_state_of_a_pending_campaign(
+    server, sync_redis, state: CampaignState, send_in_s: float, expected: str
+) -> None:
+    send_at = time.time() + send_in_s if send_in_s else 0.0
+    cid = write_campaign(sync_redis, 2, state=state, send_at=send_at)
+    out = get_status(server, cid)
+    assert out["state"] == expected and out["done"] is False
+    assert out["send_at"] == (pytest.approx(send_at, abs=0.001) if send_at else None)
+
+
+def test_status_of_a_finished_campaign_is_done_with_every_count(server, sync_redis) -> None:
+    numbers = ["37041654321", "37041654322"]
+    cid = write_campaign(sync_redis, numbers)
+
+    async def finish(_: httpx.AsyncClient, ledger: Ledger) -> None:
+        await accept(ledger, cid, "8c5e1b2a-4f3d-4e6a-9b7c-0d1e2f3a4b5c")
+        assert await ledger.unconfirm(0) == 1
+        # The other number opted out: its turn suppresses it, nothing is claimed.
+        assert await ledger.optout_change("add", [numbers[1]]) == 1
+        reply = await ledger.claim(
+            "default",
+            1,
+            RateParams.of(1000, 1.0),
+            due=0,
+            want=0,
+            max_messages=1,
+            batches=[(cid, 0, [1])],
+            event_base=events.encode(events.message_event(None, None, "", "", None)),
+        )
+        assert reply.claimed == []
+
+    out = get_status(server, cid, finish)
+    assert out["state"] == "done" and out["done"] is True and out["done_at"] is not None
+    expected = dict.fromkeys(map(str, ALL_STATES), 0)
+    expected.update(unconfirmed=1, suppressed=1)
+    assert out["counts"] == expected
+
+
+def test_a_cancelled_campaign_stays_cancelled_once_finished(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 2)
+    [response] = control(server, cid, "cancel")
+    assert response.status_code == 200
+    out = get_status(server, cid)
+    assert out["state"] == "cancelled" and out["done"] is True
+    assert out["counts"]["cancelled"] == 2
+
+
+@pytest.mark.parametrize(
+    ("flag", "halted", "backing_off"), [("halt", True, False), ("back_off", False, True)]
+)
+def test_status_shows_its_trunk_halted_or_backing_off(
+    server, sync_redis, flag: str, halted: bool, backing_off: bool
+) -> None:
+    cid = write_campaign(sync_redis, 2)
+
+    async def stop(_: httpx.AsyncClient, ledger: Ledger) -> None:
+        if flag == "halt":
+            assert await ledger.halt("default", "Authorization failed")
+        else:
+            assert await ledger.back_off("default", "DIDWW answers 503", 60)
+
+    trunk = get_status(server, cid, stop)["trunk_status"]
+    assert trunk["name"] == "default"
+    assert trunk["halted"] is halted and trunk["backing_off"] is backing_off
+    assert trunk["halted_why"] == ("Authorization failed" if halted else None)
+    assert trunk["backoff_why"] == ("DIDWW answers 503" if backing_off else None)
+
+
+def test_another_trunks_halt_is_not_this_campaigns(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 2)
+    other = write_campaign(sync_redis, 2, trunk="backup")
+
+    async def stop(_: httpx.AsyncClient, ledger: Ledger) -> None:
+        assert await ledger.halt("backup", "Authorization failed")
+        assert await ledger.back_off("backup", "DIDWW answers 503", 60)
+
+    out = get_status(server, cid, stop)
+    assert out["trunk"] == "default"
+    assert out["trunk_status"]["halted"] is False
+    assert out["trunk_status"]["backing_off"] is False
+    backup = get_status(server, other)
+    assert backup["trunk"] == "backup" and backup["trunk_status"]["name"] == "backup"
+    assert backup["trunk_status"]["halted"] is True
+    assert backup["trunk_status"]["backing_off"] is True
+
+
+@pytest.mark.parametrize("cid", [ABSENT, "c1", "0123456789ABCDEF", "a:b", "x" * 65, "%20"])
 def test_unknown_campaign_is_404(server, cid: str) -> None:
     async def steps(client: httpx.AsyncClient, _: Ledger) -> list[httpx.Response]:
         return [
@@ -390,11 +588,31 @@ def test_unknown_campaign_is_404(server, cid: str) -> None:
         assert "no campaign" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/campaigns/c1"),
+        ("POST", "/v1/campaigns/c1/resume"),
+        ("POST", "/v1/campaigns/c1/pause"),
+        ("POST", "/v1/campaigns/c1/cancel"),
+    ],
+)
+def test_an_id_that_cannot_be_a_campaigns_is_404_unread(server, method: str, path: str) -> None:
+    server.connected = False
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await client.request(method, path, headers=AUTH)
+
+    response = run(server, steps)
+    assert response.status_code == 404, response.text
+    assert response.json() == {"error": "no campaign 'c1'"}
+
+
 def test_redis_down_while_reading_status_is_503(server) -> None:
     server.connected = False
 
     async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
-        return await client.get("/v1/campaigns/c1", headers=AUTH)
+        return await client.get(f"/v1/campaigns/{ABSENT}", headers=AUTH)
 
     response = run(server, steps)
     assert response.status_code == 503 and response.headers["retry-after"]
@@ -412,8 +630,11 @@ def control(server: fakeredis.FakeServer, cid: str, *actions: str, celery=None) 
     return list(run(server, steps, celery=celery))
 
 
-def test_pause_then_resume_requeues_the_batches_with_queued_messages(server, sync_redis) -> None:
-    cid = write_campaign(sync_redis, 250, batch_size=100)
+@pytest.mark.parametrize(("priority", "queue"), [(False, CAMPAIGN_QUEUE), (True, PRIORITY_QUEUE)])
+def test_pause_then_resume_requeues_the_batches_with_queued_messages(
+    server, sync_redis, priority: bool, queue: str
+) -> None:
+    cid = write_campaign(sync_redis, 250, batch_size=100, priority=priority)
     celery = FakeCelery()
     paused, resumed = control(server, cid, "pause", "resume", celery=celery)
     assert paused.status_code == 200
@@ -426,6 +647,8 @@ def test_pause_then_resume_requeues_the_batches_with_queued_messages(server, syn
         "halt_lifted": False,
     }
     assert sorted(args[1] for _, args, _ in celery.sent) == [0, 1, 2]
+    assert {q for _, _, q in celery.sent} == {queue}
+    assert celery.kwargs == [{"trunk": "default", "urgent": priority}] * 3
     assert sync_redis.hget(keys.campaign(cid), "state") == b"active"
 
 
@@ -437,7 +660,8 @@ def test_paused_state_is_stored(server, sync_redis) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flag", "restored"), [(keys.halt(), "auth_restored"), (keys.backoff(), "api_restored")]
+    ("flag", "restored"),
+    [(keys.halt("default"), "auth_restored"), (keys.backoff("default"), "api_restored")],
 )
 def test_resume_lifts_a_halt_or_backoff_and_requeues_parked_batches(
     server, sync_redis, read_events, flag: str, restored: str
@@ -474,10 +698,12 @@ def test_pause_or_resume_of_a_cancelled_campaign_is_409(server, sync_redis) -> N
     assert sync_redis.hget(keys.campaign(cid), "state") == b"cancelled" and celery.sent == []
 
 
-def test_redis_down_while_pausing_is_503(server) -> None:
+@pytest.mark.parametrize("action", ["pause", "resume", "cancel"])
+def test_redis_down_while_controlling_is_503(server, action: str) -> None:
     server.connected = False
-    [response] = control(server, "c1", "pause")
+    [response] = control(server, ABSENT, action)
     assert response.status_code == 503
+    assert response.headers["retry-after"] == str(http.RETRY_AFTER_S)
 
 
 # --- the rest

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ledger.errors import ConfigError
+from ledger.hotpath import RateParams
 from ledger.settings import DEFAULT_RATE_PER_S, load_settings
 
 PASSWORD = "pw-SECRET"
@@ -100,9 +101,31 @@ def test_defaults_and_derived_values(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.rate_limit == DEFAULT_RATE_PER_S
     assert settings.didww_url == "https://us.sms-out.didww.com"
-    assert settings.send_interval_s == pytest.approx(1 / (DEFAULT_RATE_PER_S * 0.98))
     assert settings.events_stream == "smsq:events"
     assert settings.ambiguous == "unknown"
+    assert settings.max_in_flight == 128
+    assert settings.rate_unit == "message"
+    trunk = settings.trunks()["default"]
+    assert (trunk.url, trunk.rate_limit) == ("https://us.sms-out.didww.com", DEFAULT_RATE_PER_S)
+
+
+def test_the_old_concurrency_name_still_sets_the_in_flight_ceiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SMSQ_CONCURRENCY", "40")
+    assert load_settings().max_in_flight == 40
+    monkeypatch.setenv("SMSQ_MAX_IN_FLIGHT", "50")
+    assert load_settings().max_in_flight == 50
+
+
+def test_rate_params_pace_inside_a_window_longer_than_a_second() -> None:
+    rate = RateParams.of(100, 0.98)
+    assert rate.limit == 100
+    assert rate.window_us == pytest.approx(1_000_000 / 0.98, abs=1)
+    assert rate.per_s == pytest.approx(98, rel=1e-3)
+    slow = RateParams.of(0.5, 1.0)
+    assert (slow.limit, slow.window_us) == (1, 2_000_000)
+    assert RateParams.of(10, 0.98, "segment").by_segment
 
 
 def test_secrets_lists_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:

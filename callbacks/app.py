@@ -1,5 +1,6 @@
 """The callback ingester: an ASGI app that turns DIDWW status callbacks into ledger updates
-and events. POST /callbacks?token=SMSQ_CALLBACK_TOKEN.
+and events. POST /callbacks?token=<the trunk's callback token> (SMSQ_CALLBACK_TOKEN for the
+trunk `default`, SMSQ_TRUNK_<NAME>_CALLBACK_TOKEN for the others).
 """
 
 from __future__ import annotations
@@ -36,7 +37,21 @@ def _error(status: int, title: str, detail: str) -> JSONResponse:
 
 
 def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
-    token = settings.callback_token.get_secret_value().encode()
+    # Each trunk's token; a callback says which trunk it is for by the one it carries.
+    tokens = [
+        (trunk.callback_token.get_secret_value().encode(), name)
+        for name, trunk in settings.trunks().items()
+        if trunk.callback_token.get_secret_value()
+    ]
+
+    def trunk_of(given: bytes) -> str | None:
+        found = None
+        # Every token is compared (in constant time each), so the answer's timing does not
+        # tell how many were tried.
+        for token, name in tokens:
+            if hmac.compare_digest(given, token):
+                found = name
+        return found
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -48,8 +63,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
 
     async def receive(request: Request) -> JSONResponse:
         given = request.query_params.get("token", "").encode()
-        # compare_digest takes the same time wherever the first difference is.
-        if not token or not hmac.compare_digest(given, token):
+        trunk = trunk_of(given)
+        if trunk is None:
             log.warning("callback_unauthorized")
             CALLBACKS.labels("invalid", "unauthorized").inc()
             return _error(401, "Unauthorized", "missing or wrong token")
@@ -76,7 +91,13 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             CALLBACKS.labels(status, "unavailable").inc()
             return _error(503, "Service Unavailable", "could not store the callback")
         CALLBACKS.labels(status, outcome).inc()
-        log.info("callback_handled", didww_id=update.didww_id, status=status, outcome=outcome)
+        log.info(
+            "callback_handled",
+            didww_id=update.didww_id,
+            status=status,
+            outcome=outcome,
+            trunk=trunk,
+        )
         return JSONResponse({"result": outcome})
 
     async def health(_: Request) -> JSONResponse:

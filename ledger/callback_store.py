@@ -90,6 +90,7 @@ class CallbackStore:
                 # '' keeps the record's estimate when DIDWW does not say.
                 "" if fragments is None else min(int(fragments), records.BYTE_MAX),
                 update.duration_s if stored_start else 0,
+                event.get("status") or "",
             ],
         )
         first = reply[0]

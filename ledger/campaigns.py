@@ -210,7 +210,12 @@ async def send_rate(redis: Redis, cid: str) -> float:
     first busy second, so a campaign that started three seconds ago is not shown at a third
     of its rate."""
     now = int(time.time())
-    seconds = range(now - RATE_WINDOW_S, now)
-    posted = [int(p or 0) for p in await redis.mget([keys.posted(cid, s) for s in seconds])]
+    ring = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.posted(cid))).items()}
+    by_second = {
+        ring[f"s{slot}"]: ring.get(f"n{slot}", 0)
+        for slot in range(keys.POSTED_RING_S)
+        if f"s{slot}" in ring
+    }
+    posted = [by_second.get(s, 0) for s in range(now - RATE_WINDOW_S, now)]
     busy = next((i for i, p in enumerate(posted) if p), None)
     return sum(posted) / (len(posted) - busy) if busy is not None else 0.0

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import WatchError
+
+from ledger import keys
 from ledger.dispatch import dispatch, dispatch_parked
-from ledger.states import CampaignState
+from ledger.errors import InputError
+from ledger.states import PENDING, CampaignState
 from ledger.store import Ledger
+from ledger.windows import encode_intervals, open_intervals, parse_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +46,66 @@ async def cancel(ledger: Ledger, cid: str) -> int | None:
         return None
     c = await ledger.campaign(cid)
     return None if c is None else await ledger.cancel_queued(c)
+
+
+async def reschedule(ledger: Ledger, cid: str, send_at: float) -> bool | None:
+    """Move a scheduled campaign that has not started to send_at (checked by the caller: in
+    the future, within a year). Its time to live moves with it, its quiet-hours intervals are
+    computed again, and its batches wait for the new time. None if there is no such
+    campaign; InputError if it is not scheduled or has started."""
+    key = keys.campaign(cid)
+    async with ledger.redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key, keys.windows(cid))
+                raw = await pipe.hmget(
+                    key, "state", "send_at", "expires_at", "window", "batches", "created_at"
+                )
+                if raw[0] is None:
+                    return None
+                state, old_at = raw[0].decode(), float(raw[1] or 0)
+                if state != CampaignState.SCHEDULED or old_at <= time.time() + 1:
+                    raise InputError(
+                        f"campaign {cid} is not waiting for a scheduled time (it is {state}); "
+                        "only a scheduled campaign that has not started can be rescheduled"
+                    )
+                ttl_s = float(raw[2]) - old_at
+                windows = await pipe.hgetall(keys.windows(cid)) if raw[3] else {}
+                pipe.multi()
+                pipe.hset(
+                    key,
+                    mapping={"send_at": f"{send_at:.3f}", "expires_at": f"{send_at + ttl_s:.3f}"},
+                )
+                if raw[3]:
+                    window = parse_window(raw[3].decode())
+                    for field, zones in windows.items():
+                        name = field.decode()
+                        if name.startswith("z:"):
+                            intervals = open_intervals(
+                                window, zones.decode().split(","), send_at, send_at + ttl_s
+                            )
+                            pipe.hset(
+                                keys.windows(cid), f"g:{name[2:]}", encode_intervals(intervals)
+                            )
+                parked = {keys.batch_member(cid, b): send_at for b in range(int(raw[4]))}
+                for start in range(0, len(parked), 1000):
+                    pipe.zadd(keys.parked(), dict(list(parked.items())[start : start + 1000]))
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue
+
+
+async def purge(ledger: Ledger, cid: str) -> bool | None:
+    """Delete a finished (or cancelled) campaign now; None if there is no such campaign,
+    InputError if messages of it are still pending and it is not cancelled."""
+    status = await ledger.status(cid, with_warnings=False)
+    if status is None:
+        return None
+    pending = sum(status.counts.get(s, 0) for s in PENDING)
+    if pending and status.campaign.state != CampaignState.CANCELLED:
+        raise InputError(
+            f"campaign {cid} still has {pending} messages queued, sending or waiting for their "
+            "callback; cancel it first, or wait until it is done"
+        )
+    return await ledger.purge(cid)

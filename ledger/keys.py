@@ -16,10 +16,16 @@ Campaigns (deleted by the purge, SMSQ_RETENTION_S after the campaign is done):
                                       (campaigns with quiet hours only)
 - ``smsq:campaign:{cid}:rawids``     hash: message index -> DIDWW id, for the rare id that is
                                       not a UUID (the record keeps a hash of it)
-- ``smsq:campaign:{cid}:posted:{sec}`` counter of requests posted in that second (TTL 2 min)
+- ``smsq:campaign:{cid}:posted``     hash: a ring of the last RING_S seconds' posts (for its send
+                                      rate): ``s{slot}`` the second, ``n{slot}`` its requests
 - ``smsq:campaigns``                 sorted set: campaign id scored by creation time
 - ``smsq:retention``                 sorted set: finished campaign id scored by when to purge it
-- ``smsq:idem:{key}``                string (24 h): campaign id created with that idempotency key
+- ``smsq:idem:{hash}``               string (24 h): the campaign an idempotency key (its SHA-256)
+                                      created, and whether its enqueue finished
+- ``smsq:enqueuing``                 sorted set: ``cid|batches`` of enqueues in progress, scored
+                                      by their producer's last move; the workers finish one that
+                                      stalled, or delete its batches after 24 h if it never
+                                      stored its campaign (producer/enqueue.py)
 
 Callbacks:
 - ``smsq:ids:{hhh}``                 string: DIDWW-id index bucket (3 hex digits of the id's
@@ -99,8 +105,12 @@ def raw_ids(cid: str) -> str:
     return f"{PREFIX}:campaign:{cid}:rawids"
 
 
-def posted(cid: str, second: int) -> str:
-    return f"{PREFIX}:campaign:{cid}:posted:{second}"
+# Seconds the posted ring keeps (status averages over 10 of them).
+POSTED_RING_S = 16
+
+
+def posted(cid: str) -> str:
+    return f"{PREFIX}:campaign:{cid}:posted"
 
 
 def campaigns() -> str:
@@ -111,8 +121,12 @@ def retention() -> str:
     return f"{PREFIX}:retention"
 
 
-def idempotency(key: str) -> str:
-    return f"{PREFIX}:idem:{key}"
+def idempotency(key_hash: str) -> str:
+    return f"{PREFIX}:idem:{key_hash}"
+
+
+def enqueuing() -> str:
+    return f"{PREFIX}:enqueuing"
 
 
 def id_bucket(id_key: bytes) -> str:

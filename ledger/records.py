@@ -11,7 +11,8 @@ Layout (big-endian; offsets from 0):
  1  attempts    1  requests posted for it so far
  2  fragments   1  SMS parts: the estimate until a callback says DIDWW's fragments_sent
  3  flags       1  LATE (settled after unknown or unconfirmed), MATCHED (by number and
-                   time, not id), RAW_ID (the DIDWW id is not a UUID: see keys.raw_ids)
+                   time, not id), RAW_ID (the DIDWW id is not a UUID: see keys.raw_ids); bits
+                   3-4: DIDWW's callback status (STATUSES)
  4  code        2  DIDWW's code_id + 1; 0 when none
  6  destination 7  the number, E.164 digits as an integer
 13  t1          4  Unix seconds: claimed (sending), posted (unknown), accepted (accepted,
@@ -38,6 +39,9 @@ SIZE = RECORD.size
 LATE = 1
 MATCHED = 2
 RAW_ID = 4
+# DIDWW's callback status, in flag bits 3-4 (code * STATUS_UNIT).
+STATUS_UNIT = 8
+STATUSES = ("", "Success", "Routing Error", "Failed")
 # The largest fragments and attempts a byte holds; bigger values are stored as this.
 BYTE_MAX = 255
 NO_ID = bytes(16)
@@ -72,6 +76,11 @@ class Record:
         ):
             return None
         return str(uuid.UUID(bytes=self.id_key))
+
+    @property
+    def status(self) -> str:
+        """DIDWW's callback status (Success, Routing Error, Failed), '' before a callback."""
+        return STATUSES[(self.flags // STATUS_UNIT) % 4]
 
     @property
     def owner(self) -> int | None:

@@ -5,6 +5,7 @@ when a 201 was lost, and accepted messages whose callback never comes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,29 @@ def inflight_field(cid: str, batch_no: int, owner: int) -> str:
 
 class Recovery:
     """Mixed into ledger.store.Ledger."""
+
+    async def stalled_enqueues(self: Ledger, stall_s: float) -> list[tuple[str, int, float]]:
+        """(campaign, batches, last move) of enqueues whose producer has not moved for stall_s
+        (it died, or lost Redis, before queueing everything)."""
+        top = time.time() - stall_s
+        found = []
+        for member, score in await self.redis.zrangebyscore(
+            keys.enqueuing(), "-inf", top, withscores=True
+        ):
+            cid, batches = keys.parse_batch_member(member)
+            found.append((cid, batches, float(score)))
+        return found
+
+    async def forget_enqueue(self: Ledger, cid: str, batches: int) -> None:
+        await self.redis.zrem(keys.enqueuing(), keys.batch_member(cid, batches))
+
+    async def discard_partial(self: Ledger, cid: str, batches: int) -> None:
+        """Delete what an enqueue that never stored its campaign wrote (its batches)."""
+        names = [keys.batch(cid, b) for b in range(batches)]
+        names += [keys.fields(cid, b) for b in range(batches)]
+        for start in range(0, len(names), 500):
+            await self.redis.unlink(*names[start : start + 500])
+        await self.forget_enqueue(cid, batches)
 
     async def new_owner(self: Ledger) -> int:
         """A number for a worker process (the owner of its claims), unique for this Redis."""

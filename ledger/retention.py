@@ -48,7 +48,7 @@ class Retention:
         names = [keys.batch(cid, b) for b in range(c.batches)]
         if c.templated:
             names += [keys.fields(cid, b) for b in range(c.batches)]
-        names += [keys.windows(cid), keys.raw_ids(cid), keys.counts(cid)]
+        names += [keys.windows(cid), keys.raw_ids(cid), keys.counts(cid), keys.posted(cid)]
         for start in range(0, len(names), PURGE_CHUNK):
             await self.redis.unlink(*names[start : start + PURGE_CHUNK])
         # The campaign's hash goes last: until then a repeat finds what is left to delete.

@@ -6,7 +6,10 @@ Every component loads it with load_settings(); a bad value stops the component w
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -42,8 +45,8 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 @dataclass(frozen=True, slots=True)
 class TrunkConfig:
-    """One DIDWW Outbound SMS trunk: where to post, as whom, how fast, and the token of the
-    callback URL given to DIDWW for it."""
+    """One DIDWW Outbound SMS trunk: where to post, as whom, how fast, the token of the
+    callback URL given to DIDWW for it, and the source numbers routed to it."""
 
     name: str
     url: str
@@ -51,6 +54,13 @@ class TrunkConfig:
     password: SecretStr
     rate_limit: float
     callback_token: SecretStr
+    sources: frozenset[str] = frozenset()
+
+
+# A trunk's name: lower-case letters, digits, - and _, as in SMSQ_TRUNKS=eu,us.
+TRUNK_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# The settings of a named trunk: SMSQ_TRUNK_<NAME>_<FIELD>.
+TRUNK_FIELDS = ("URL", "USERNAME", "PASSWORD", "RATE_LIMIT", "CALLBACK_TOKEN", "SOURCES")
 
 
 def is_loopback(host: str) -> bool:
@@ -100,6 +110,11 @@ class Settings(BaseSettings):
     # An http:// DIDWW URL sends the trunk's password in clear text; only loopback (the
     # simulator) may use one, unless this says otherwise.
     allow_insecure_url: bool = False
+    # More trunks, by name (SMSQ_TRUNKS=eu,us), each set by SMSQ_TRUNK_<NAME>_URL,
+    # _USERNAME, _PASSWORD, _RATE_LIMIT, _CALLBACK_TOKEN and _SOURCES (see trunks()).
+    trunk_names: str = Field("", validation_alias=AliasChoices("SMSQ_TRUNKS", "trunk_names"))
+    # The source numbers of the single-trunk settings' trunk `default`, for routing.
+    default_sources: str = ""
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
     retry_attempts: int = Field(5, ge=1, le=50)
@@ -121,6 +136,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Each worker's main process serves Prometheus metrics for all its pool processes here.
     metrics_port: int = Field(9808, ge=1, le=65535)
+
+    _trunks: dict[str, TrunkConfig] | None = None
 
     @field_validator("redis_url")
     @classmethod
@@ -163,16 +180,33 @@ class Settings(BaseSettings):
                 )
 
     def trunks(self) -> dict[str, TrunkConfig]:
-        """The configured trunks by name: the single-trunk settings are the trunk `default`."""
-        default = TrunkConfig(
-            DEFAULT_TRUNK,
-            self.didww_url,
-            self.didww_username,
-            self.didww_password,
-            self.rate_limit,
-            self.callback_token,
-        )
-        return {DEFAULT_TRUNK: default}
+        """The configured trunks by name. The single-trunk settings (SMSQ_DIDWW_*,
+        SMSQ_RATE_LIMIT, SMSQ_CALLBACK_TOKEN) are the trunk `default`; SMSQ_TRUNKS names more,
+        each from SMSQ_TRUNK_<NAME>_* variables (environment first, then .env). Raises
+        ConfigError with one line for a bad one."""
+        if self._trunks is None:
+            self._trunks = _read_trunks(self)
+        return self._trunks
+
+    def require_trunks(self) -> None:
+        """Stop with a ConfigError naming the first trunk setting a worker needs that is
+        missing (each trunk's username and password) or malformed."""
+        for trunk in self.trunks().values():
+            if trunk.name == DEFAULT_TRUNK:
+                self.require("didww_username", "didww_password")
+                continue
+            prefix = f"{ENV_PREFIX}TRUNK_{trunk.name.upper().replace('-', '_')}_"
+            if not trunk.username:
+                raise ConfigError(f"{prefix}USERNAME is not set")
+            if not trunk.password.get_secret_value():
+                raise ConfigError(f"{prefix}PASSWORD is not set")
+
+    def trunk_for_source(self, source: str) -> str | None:
+        """The trunk whose SOURCES list this number, if one does."""
+        for trunk in self.trunks().values():
+            if source in trunk.sources:
+                return trunk.name
+        return None
 
     def require(self, *names: str) -> None:
         """Stop with a ConfigError naming the first of these settings that is empty."""
@@ -190,10 +224,97 @@ class Settings(BaseSettings):
             self.callback_token.get_secret_value(),
             self.api_token.get_secret_value(),
         ]
+        try:
+            for trunk in self.trunks().values():
+                values += [
+                    trunk.password.get_secret_value(),
+                    trunk.callback_token.get_secret_value(),
+                ]
+        except ConfigError:
+            pass
         password = urlsplit(self.redis_url).password
         if password:
             values.append(password)
-        return [v for v in values if v]
+        return list(dict.fromkeys(v for v in values if v))
+
+
+def _dotenv() -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    path = Path(".env")
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _read_trunks(settings: Settings) -> dict[str, TrunkConfig]:
+    default = TrunkConfig(
+        DEFAULT_TRUNK,
+        settings.didww_url,
+        settings.didww_username,
+        settings.didww_password,
+        settings.rate_limit,
+        settings.callback_token,
+        _numbers("SMSQ_DEFAULT_SOURCES", settings.default_sources),
+    )
+    found = {DEFAULT_TRUNK: default}
+    names = [n.strip() for n in settings.trunk_names.split(",") if n.strip()]
+    if not names:
+        return found
+    if not settings.didww_username:
+        # Named trunks only: `default` exists when its single-trunk settings are given.
+        found = {}
+    values = {**_dotenv(), **os.environ}
+    for name in names:
+        if not TRUNK_NAME.fullmatch(name):
+            raise ConfigError(
+                f"SMSQ_TRUNKS: {name!r} is not a trunk name (lower-case letters, digits, - and _)"
+            )
+        if name in found:
+            raise ConfigError(f"SMSQ_TRUNKS: {name!r} is named twice (or is `default`)")
+        prefix = f"{ENV_PREFIX}TRUNK_{name.upper().replace('-', '_')}_"
+        get = {field: values.get(prefix + field, "").strip() for field in TRUNK_FIELDS}
+        url = get["URL"] or "https://sms-out.didww.com"
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(f"{prefix}URL: must be an http:// or https:// URL")
+        try:
+            rate = float(get["RATE_LIMIT"] or DEFAULT_RATE_PER_S)
+        except ValueError:
+            raise ConfigError(f"{prefix}RATE_LIMIT: must be a number") from None
+        if not 0 < rate <= 10_000:
+            raise ConfigError(f"{prefix}RATE_LIMIT: must be above 0 and at most 10000")
+        found[name] = TrunkConfig(
+            name,
+            url.rstrip("/"),
+            get["USERNAME"],
+            SecretStr(get["PASSWORD"]),
+            rate,
+            SecretStr(get["CALLBACK_TOKEN"]),
+            _numbers(prefix + "SOURCES", get["SOURCES"]),
+        )
+    owner: dict[str, str] = {}
+    for trunk in found.values():
+        for number in trunk.sources:
+            if number in owner:
+                raise ConfigError(
+                    f"source {number} is routed to two trunks: {owner[number]} and {trunk.name}"
+                )
+            owner[number] = trunk.name
+    return found
+
+
+def _numbers(variable: str, text: str) -> frozenset[str]:
+    """Source numbers listed in a setting: E.164 digits, comma separated (a + is dropped)."""
+    found = set()
+    for part in text.split(","):
+        number = part.strip().removeprefix("+")
+        if not number:
+            continue
+        if not number.isdigit() or not 8 <= len(number) <= 15:
+            raise ConfigError(f"{variable}: {part.strip()!r} is not a number (8 to 15 digits)")
+        found.add(number)
+    return frozenset(found)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -9,6 +9,9 @@ twice. The Ledger gathers one concern per module: the hot path (hotpath.py), cal
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError, WatchError
 
@@ -27,11 +30,13 @@ from ledger.optouts import OptOuts
 from ledger.parking import Parking
 from ledger.records import Record
 from ledger.recovery import Recovery
+from ledger.redis_health import unsafe
 from ledger.retention import Retention
 from ledger.scripts import register
 from ledger.settings import Settings
 from ledger.states import CampaignState
 from ledger.trunks import TrunkFlags
+from ledger.windows import decode_intervals, window_state
 
 __all__ = ["CallbackUpdate", "Campaign", "Ledger", "Record", "Status"]
 
@@ -60,13 +65,32 @@ class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Retention, O
         if c is None:
             return None
         warnings = await redis_warnings(self.redis) if with_warnings else ()
+        counts = await self.counts(cid)
+        extra = {"window": await self._window_status(c, counts)} if c.window else {}
         return Status(
             c,
-            await self.counts(cid),
+            counts,
             await send_rate(self.redis, cid),
             await self.trunk_status(c.trunk),
             warnings,
+            extra,
         )
+
+    async def _window_status(self, c: Campaign, counts: dict[str, int]) -> dict[str, Any]:
+        """Quiet hours now: recipients whose window is closed (at most what is queued), and
+        when the next one opens."""
+        raw = await self.redis.hgetall(keys.windows(c.id))
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        groups = [
+            (decode_intervals(fields[f"g:{g}"]), int(fields.get(f"n:{g}", 0)))
+            for g in range(sum(1 for name in fields if name.startswith("g:")))
+        ]
+        state = window_state(groups, time.time())
+        return {
+            "window": c.window,
+            "waiting": min(state.waiting + state.closed, counts.get("queued", 0)),
+            "next_open": state.next_open_ts,
+        }
 
     async def set_state(self, cid: str, state: CampaignState) -> bool:
         """Pause, resume or cancel a campaign; a cancelled campaign stays cancelled, even
@@ -122,24 +146,11 @@ class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Retention, O
 
 
 async def redis_warnings(redis: Redis) -> tuple[str, ...]:
-    """What makes this Redis unsafe for the ledger: AOF off (a restart loses what is
-    queued and sent) or an eviction policy (keys silently dropped under memory pressure)."""
-    found = []
+    """What makes this Redis unsafe for the ledger (ledger/redis_health.py)."""
     try:
         persistence = await redis.info("persistence")
         memory = await redis.info("memory")
         stats = await redis.info("stats")
     except ResponseError:
         return ()
-    if not int(persistence.get("aof_enabled", 0)):
-        found.append("Redis has AOF off: a restart loses queued and sent state (appendonly yes)")
-    policy = str(memory.get("maxmemory_policy", "noeviction"))
-    if policy != "noeviction":
-        found.append(f"Redis evicts keys under memory pressure (maxmemory-policy {policy})")
-    evicted = int(stats.get("evicted_keys", 0))
-    if evicted:
-        found.append(f"Redis has evicted {evicted} keys")
-    maxmemory = int(memory.get("maxmemory", 0))
-    if maxmemory and int(memory.get("used_memory", 0)) > 0.9 * maxmemory:
-        found.append("Redis memory is over 90% of maxmemory: writes will soon be refused")
-    return tuple(found)
+    return unsafe(persistence, memory, stats)

@@ -7,13 +7,33 @@ import argparse
 import sys
 from collections.abc import Callable
 
+import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 
 from ledger.errors import ConfigError
 from ledger.logs import configure_logging
+from ledger.redis_health import unsafe
 from ledger.settings import Settings, load_settings
+
+log = structlog.stdlib.get_logger("smsq.web")
+
+
+def warn_if_redis_unsafe(settings: Settings) -> None:
+    """Log, once, what makes this Redis unsafe for the ledger (smsq status shows it too)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    try:
+        for warning in unsafe(
+            client.info("persistence"), client.info("memory"), client.info("stats")
+        ):
+            log.warning("redis_unsafe", detail=warning)
+    except redis.RedisError:
+        pass  # unreachable now: the service's own errors will say so
+    finally:
+        client.close()
 
 
 class BodyTooLarge(Exception):
@@ -43,9 +63,11 @@ def serve(
     required: tuple[str, ...],
     default_port: int,
     argv: list[str] | None = None,
+    check: Callable[[Settings], None] | None = None,
 ) -> None:
-    """Parse --host/--port, load the settings (a bad or missing one: one line, exit 2) and
-    serve make_app(settings) with uvicorn."""
+    """Parse --host/--port, load the settings (a bad or missing one: one line, exit 2; check
+    may look further) and serve make_app(settings) with uvicorn. Warns once, at start, when
+    Redis would lose the ledger (AOF off, eviction)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=default_port, help="port to listen on")
@@ -53,10 +75,14 @@ def serve(
     try:
         settings = load_settings()
         settings.require(*required)
+        settings.trunks()
+        if check is not None:
+            check(settings)
     except ConfigError as exc:
         print(f"smsq: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.log_level, settings.secrets())
+    warn_if_redis_unsafe(settings)
     # uvicorn's access log would print each request's query string (the callback token is
     # in it) as an unstructured line; each service logs what matters, without secrets.
     uvicorn.run(

@@ -44,7 +44,7 @@ def _setup_logging(**_: Any) -> None:
 @signals.celeryd_init.connect
 def _check_credentials(**_: Any) -> None:
     try:
-        settings.require("didww_username", "didww_password")
+        settings.require_trunks()
         settings.check_url_security()
     except ConfigError as exc:
         print(f"smsq: configuration error: {exc}", file=sys.stderr)

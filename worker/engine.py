@@ -255,8 +255,9 @@ class Engine:
             raw = await self.ledger.redis.hgetall(keys.fields(c.id, batch_no))
             held.values = {int(k): v.decode() for k, v in raw.items()}
         if c.window:
-            raw_intervals = await self.ledger.redis.hget(keys.windows(c.id), str(batch_no))
-            held.intervals = decode_intervals(raw_intervals.decode()) if raw_intervals else []
+            group = await self.ledger.redis.hget(keys.windows(c.id), f"b:{batch_no}")
+            raw = await self.ledger.redis.hget(keys.windows(c.id), f"g:{int(group or 0)}")
+            held.intervals = decode_intervals(raw.decode()) if raw else []
         return held
 
     async def _campaign(self, cid: str) -> Campaign | None:
@@ -285,10 +286,12 @@ class Engine:
                 continue
             while held.retries and held.retries[0][0] <= now:
                 held.ready.appendleft(heapq.heappop(held.retries)[1])
-            if held.intervals is not None and held.ready:
+            expires = held.campaign.expires_at
+            # Outside its quiet-hours window it waits, parked; once expired it is offered
+            # anyway, so the claim script expires its messages.
+            if held.intervals is not None and held.ready and wall < expires:
                 inside, opens = next_open(held.intervals, wall)
                 if not inside:
-                    expires = held.campaign.expires_at
                     self._let_go(lane, held, park_at=min(opens or expires, expires))
                     continue
             per = max(held.campaign.segments, 1) if lane.rate.by_segment else 1

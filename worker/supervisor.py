@@ -25,7 +25,7 @@ from celery import bootsteps
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ledger.dispatch import dispatch_parked
+from ledger.dispatch import dispatch, dispatch_parked
 from ledger.settings import Settings
 from ledger.store import Ledger, redis_warnings
 from worker import metrics
@@ -34,8 +34,10 @@ from worker.errors import DidwwError, Halting
 
 log = structlog.stdlib.get_logger("smsq.supervisor")
 
-# The longest the supervisor sleeps: a resumed trunk is noticed this fast.
-TICK_S = 1.0
+# The longest the supervisor sleeps: a resumed trunk, or work parked for sooner than its
+# next tick (a campaign just scheduled), is noticed this fast; scheduled campaigns start
+# within a second of their time.
+TICK_S = 0.5
 # The shortest: parked work due sooner is published no earlier than this after the last tick.
 MIN_TICK_S = 0.05
 # A batch whose worker has not beaten for this long is lost (worker.engine beats every 2 s;
@@ -43,6 +45,12 @@ MIN_TICK_S = 0.05
 LOST_AFTER_S = 15.0
 # Lost workers, kept callbacks, callback timeouts and retention are looked at this often.
 HOUSEKEEPING_S = 5.0
+# An enqueue whose producer has not moved for this long stalled (producer/enqueue.py, which
+# refreshes its entry at least every few seconds while it writes).
+ENQUEUE_STALL_S = 30.0
+# An enqueue that never stored its campaign may still be completed by a repeat with its
+# idempotency key for this long; then what it wrote is deleted.
+IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 class Supervisor:
@@ -132,6 +140,22 @@ class Supervisor:
         for cid in await ledger.due_purges(self.settings.retention_s):
             if await ledger.purge(cid):
                 log.info("campaign_purged", campaign_id=cid)
+        await self._finish_enqueues(ledger)
+
+    async def _finish_enqueues(self, ledger: Ledger) -> None:
+        """An enqueue whose producer stopped moving: queue its batches if it stored its
+        campaign (duplicates cost nothing: claims are atomic); if it never did, its batches
+        are deleted once its idempotency key (24 h) can no longer complete it."""
+        for cid, batches, moved_at in await ledger.stalled_enqueues(ENQUEUE_STALL_S):
+            c = await ledger.campaign(cid)
+            if c is not None:
+                waiting = await ledger.batches_with_queued(c)
+                dispatch(self.app, cid, waiting, trunk=c.trunk, priority=c.priority)
+                await ledger.forget_enqueue(cid, batches)
+                log.warning("stalled_enqueue_finished", campaign_id=cid, batches=len(waiting))
+            elif time.time() - moved_at > IDEMPOTENCY_TTL_S:
+                await ledger.discard_partial(cid, batches)
+                log.warning("stalled_enqueue_discarded", campaign_id=cid)
 
     async def _probe(
         self, ledger: Ledger, trunk: str, client: DidwwClient, *, halted: bool

@@ -9,7 +9,8 @@ local function counts_key(cid) return P .. 'campaign:' .. cid .. ':counts' end
 local function batch_key(cid, b) return P .. 'campaign:' .. cid .. ':batch:' .. b end
 local function fields_key(cid, b) return P .. 'campaign:' .. cid .. ':fields:' .. b end
 local function rawids_key(cid) return P .. 'campaign:' .. cid .. ':rawids' end
-local function posted_key(cid, sec) return P .. 'campaign:' .. cid .. ':posted:' .. sec end
+local function posted_key(cid) return P .. 'campaign:' .. cid .. ':posted' end
+local POSTED_RING = 16  -- keys.POSTED_RING_S
 local function orphan_key(id) return P .. 'orphan:' .. id end
 local function orphans_by_pair(src, dst) return P .. 'orphans:' .. src .. ':' .. dst end
 local function unknown_by_pair(src, dst) return P .. 'unknown:' .. src .. ':' .. dst end
@@ -24,6 +25,13 @@ local CODES = {}
 for code = 0, #NAMES do CODES[NAMES[code]] = code end
 -- Record flags (ledger/records.py).
 local LATE, MATCHED, RAW_ID = 1, 2, 4
+-- DIDWW's callback status in flag bits 3-4 (records.STATUSES).
+local STATUS_UNIT = 8
+local STATUS_CODES = {['Success'] = 1, ['Routing Error'] = 2, ['Failed'] = 3}
+local function with_status(flags, status)
+  local code = STATUS_CODES[status] or 0
+  return flags % STATUS_UNIT + code * STATUS_UNIT + math.floor(flags / (4 * STATUS_UNIT)) * 4 * STATUS_UNIT
+end
 local NO_ID = string.rep('\0', 16)
 local function with_flag(flags, flag)
   if math.floor(flags / flag) % 2 == 1 then return flags end

@@ -9,7 +9,7 @@
 -- ARGV[6] source   ARGV[7] destination   ARGV[8] DIDWW's time_start (s)   ARGV[9] DIDWW id
 -- ARGV[10] id key (16 bytes)   ARGV[11] code_id + 1 (0 for none)   ARGV[12] fragments sent
 -- ('' when DIDWW did not say: the record keeps its estimate)
--- ARGV[13] seconds from time_start to time_end
+-- ARGV[13] seconds from time_start to time_end   ARGV[14] DIDWW's status (Success, ...)
 -- Returns {'applied', message id}, {'late', message id}, {'orphan'}, {'duplicate', state?}
 -- or {'missing'}
 local t = redis.call('TIME')
@@ -48,6 +48,7 @@ if ARGV[12] ~= '' then m.frags = tonumber(ARGV[12]) end
 m.t1 = math.floor(tonumber(ARGV[8]))
 m.t2 = math.max(0, tonumber(ARGV[13]))
 if late then m.flags = with_flag(m.flags, LATE) end
+m.flags = with_status(m.flags, ARGV[14])
 rec_write(cid, b, off, m)
 move(cid, from, state)
 local extra = {campaign_id = cid, message_id = cid .. '-' .. index}

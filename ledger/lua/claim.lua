@@ -91,7 +91,7 @@ local function campaign(cid)
     else
       c = {state = h[1], expires = tonumber(h[2]), send_at = tonumber(h[3]) or 0,
         source = h[4], bsize = tonumber(h[5]), text = h[6], posted = 0}
-      if c.state == 'scheduled' and c.send_at <= now_s then
+      if c.state == 'scheduled' and c.send_at <= now / 1000000 then
         redis.call('HSET', campaign_key(cid), 'state', 'active')
         c.state = 'active'
       end
@@ -106,8 +106,8 @@ local function blocked(c)
   if c.state == 'cancelled' or c.state == 'paused' then return c.state end
   -- Its time, not its state, keeps a scheduled campaign waiting (a pause and a resume
   -- before the time leave it waiting).
-  if c.state == 'scheduled' or c.send_at > now_s then return 'scheduled' end
-  if c.expires <= now_s then return 'expired' end
+  if c.state == 'scheduled' or c.send_at > now / 1000000 then return 'scheduled' end
+  if c.expires <= now / 1000000 then return 'expired' end
   return nil
 end
 
@@ -242,9 +242,13 @@ if used > 0 then
 end
 for cid, c in pairs(camps) do
   if c and c.posted > 0 then
-    local key = posted_key(cid, now_s)
-    redis.call('INCRBY', key, c.posted)
-    redis.call('EXPIRE', key, 120)
+    -- A ring of seconds: a slot last used in another second starts again.
+    local key, slot = posted_key(cid), now_s % POSTED_RING
+    if tonumber(redis.call('HGET', key, 's' .. slot)) == now_s then
+      redis.call('HINCRBY', key, 'n' .. slot, c.posted)
+    else
+      redis.call('HSET', key, 's' .. slot, now_s, 'n' .. slot, c.posted)
+    end
   end
 end
 

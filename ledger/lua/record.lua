@@ -70,6 +70,7 @@ for _ = 1, tonumber(ARGV[3]) do
         m.frags = tonumber(o['fragments']) or m.frags
         m.t1 = math.floor(tonumber(o['t1'] or o['t']) or now_s)
         m.t2 = tonumber(o['dt']) or 0
+        m.flags = with_status(m.flags, o['event']['status'])
         rec_write(cid, b, off, m)
         move(cid, ACCEPTED, state)
         local e = o['event']

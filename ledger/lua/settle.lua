@@ -40,7 +40,7 @@ for _, id in ipairs(due) do
         m.frags = tonumber(kept['fragments']) or m.frags
         m.t1 = math.floor(tonumber(kept['t1'] or kept['t']))
         m.t2 = tonumber(kept['dt']) or 0
-        m.flags = with_flag(with_flag(m.flags, MATCHED), LATE)
+        m.flags = with_status(with_flag(with_flag(m.flags, MATCHED), LATE), kept['event']['status'])
         local idkey = kept['key_hex'] and string.gsub(kept['key_hex'], '..',
           function(h) return string.char(tonumber(h, 16)) end) or NO_ID
         m.id = idkey

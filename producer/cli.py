@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
+import shlex
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -23,14 +26,17 @@ from ledger.logs import configure_logging
 from ledger.settings import Settings, load_settings
 from ledger.states import ALL_STATES, PENDING, CampaignState
 from ledger.store import Ledger, Status
-from producer.enqueue import EnqueueResult, Producer
-from producer.numbers import NumbersResult, normalize_many
+from producer.enqueue import EnqueueResult, Producer, parse_send_at
+from producer.numbers import NumbersResult, Rejection, normalize_many
+from producer.plan import Plan
 from producer.recipients import RecipientsFileError, read_recipients
 
 T = TypeVar("T")
 
 EXIT_INPUT = 2
 EXIT_UNAVAILABLE = 1
+# Ctrl-C, as shells report it (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 # Enqueues of more numbers than this show a progress bar (unless --json).
 PROGRESS_THRESHOLD = 5000
 # How often --wait polls the campaign's status.
@@ -75,9 +81,10 @@ def main() -> None:
 @click.option(
     "--recipients",
     type=click.Path(dir_okay=True, path_type=Path),
-    help="A CSV file (column destination, phone, number or msisdn) or one number per line.",
+    help="A CSV file (column destination, phone, number or msisdn; its other columns are "
+    "the fields of a templated --text) or one number per line.",
 )
-@click.option("--text", required=True, help="The message text.")
+@click.option("--text", required=True, help="The message text; {field} or {field|default}.")
 @click.option("--name", default=None, help="A name for the campaign.")
 @click.option(
     "--ttl",
@@ -91,6 +98,12 @@ def main() -> None:
     is_flag=True,
     help="Send ahead of every campaign's messages (one-message campaigns always are).",
 )
+@click.option("--trunk", default=None, help="The trunk to send through (SMSQ_TRUNKS).")
+@click.option("--at", "send_at", default=None, help="Send at this time, ISO 8601 with a zone.")
+@click.option("--window", default=None, help="Quiet hours: send only HH:MM-HH:MM local time.")
+@click.option("--timezone", default=None, help="Zone for numbers whose zone is unknown.")
+@click.option("--idempotency-key", default=None, help="The same key within 24 h: one campaign.")
+@click.option("--dry-run", is_flag=True, help="Check everything and print the preview only.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--wait", is_flag=True, help="Wait until every message is settled.")
 def send(
@@ -101,23 +114,46 @@ def send(
     name: str | None,
     ttl_s: int | None,
     priority: bool,
+    trunk: str | None,
+    send_at: str | None,
+    window: str | None,
+    timezone: str | None,
+    idempotency_key: str | None,
+    dry_run: bool,
     as_json: bool,
     wait: bool,
 ) -> None:
-    """Enqueue a campaign."""
+    """Enqueue a campaign (or, with --dry-run, show what it would be)."""
     if bool(to) == bool(recipients):
         fail("give destinations with either --to or --recipients (one of them)")
     settings = _settings()
     try:
         numbers: NumbersResult = read_recipients(recipients) if recipients else normalize_many(to)
-    except RecipientsFileError as exc:
+        options: dict[str, Any] = {
+            "name": name,
+            "ttl_s": ttl_s,
+            "priority": priority,
+            "trunk": trunk,
+            "send_at": parse_send_at(send_at),
+            "window": window,
+            "timezone": timezone,
+        }
+    except (RecipientsFileError, InputError) as exc:
         fail(str(exc))
     producer = Producer(settings)
+    # A key even when none was given, so an interrupted enqueue can be completed (below).
+    key = idempotency_key or secrets.token_urlsafe(16)
     try:
-        result = _enqueue(producer, source, text, numbers, name, ttl_s, priority, as_json)
+        plan = producer.plan(source, text, numbers, **options)
+        if dry_run:
+            _print_preview(plan.summary(), as_json)
+            return
+        result = _write(producer, plan, key, as_json)
     except InputError as exc:
-        _report_rejections(numbers)
+        _report_rejections(numbers.rejections)
         fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted(producer.campaign_id, key, idempotency_key is None)
     except redis.RedisError as exc:
         fail(f"cannot reach Redis at SMSQ_REDIS_URL: {exc}", EXIT_UNAVAILABLE)
     except SmsqError as exc:
@@ -130,36 +166,67 @@ def send(
             out["status"] = _wait(settings, result.campaign_id, show=False).as_dict()
         click.echo(json.dumps(out))
         return
-    _report_rejections(numbers)
+    _report_rejections(result.rejections)
+    again = " (already enqueued with this idempotency key: nothing queued again)"
     click.echo(
         f"campaign {result.campaign_id}: {result.queued} queued, {result.rejected} "
-        f"rejected, {result.duplicates} duplicates; {result.segments} segment(s) each "
-        f"({result.encoding})"
+        f"rejected, {result.duplicates} duplicates, {result.suppressed} suppressed (opted "
+        f"out); {result.total_segments} segments ({result.encoding})"
+        + (again if result.repeated else "")
     )
     if wait:
         _print_status(_wait(settings, result.campaign_id, show=True))
 
 
-def _enqueue(
-    producer: Producer,
-    source: str,
-    text: str,
-    numbers: NumbersResult,
-    name: str | None,
-    ttl_s: int | None,
-    priority: bool,
-    as_json: bool,
-) -> EnqueueResult:
-    total = len(numbers.numbers)
-    options: dict[str, Any] = {"name": name, "ttl_s": ttl_s, "priority": priority}
+def _write(producer: Producer, plan: Plan, key: str, as_json: bool) -> EnqueueResult:
+    total = plan.messages
     if as_json or total <= PROGRESS_THRESHOLD:
-        return producer.enqueue(source, text, numbers, **options)
+        return producer.write(plan, idempotency_key=key)
     with click.progressbar(length=total, label="enqueueing", file=sys.stderr) as bar:
-        return producer.enqueue(source, text, numbers, progress=bar.update, **options)
+        return producer.write(plan, idempotency_key=key, progress=bar.update)
 
 
-def _report_rejections(numbers: NumbersResult) -> None:
-    for r in numbers.rejections:
+def _interrupted(cid: str | None, key: str, generated: bool) -> NoReturn:
+    """Ctrl-C mid-enqueue: say which campaign it was and how to complete it."""
+    if cid is None:
+        fail("interrupted before anything was written", EXIT_INTERRUPTED)
+    command = [shlex.quote(a) for a in sys.argv]
+    command[0] = "smsq"
+    if generated:
+        command += ["--idempotency-key", shlex.quote(key)]
+    fail(
+        f"interrupted: campaign {cid} may be partly enqueued; run the same command with its "
+        f"idempotency key to complete it (nothing is queued twice):\n  {' '.join(command)}",
+        EXIT_INTERRUPTED,
+    )
+
+
+def _print_preview(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"dry_run": True, **summary}))
+        return
+    for r in summary["rejections"]:
+        click.echo(f"line {r['line']}: {r['value']!r}: {r['reason']}", err=True)
+    hours, rest = divmod(round(summary["duration_s"]), 3600)
+    click.echo("dry run: nothing was written")
+    click.echo(f"  {'messages':<22} {summary['messages']:>9}")
+    for label in ("rejected", "duplicates", "suppressed"):
+        click.echo(f"  {label:<22} {summary[label]:>9}")
+    click.echo(f"  {'segments in all':<22} {summary['segments']:>9}")
+    for n, count in summary["segments_per_message"].items():
+        click.echo(f"  {f'  of {n} segment(s)':<22} {count:>9}")
+    click.echo(f"  {'encoding':<22} {summary['encoding']:>9}")
+    click.echo(f"  {'trunk':<22} {summary['trunk']:>9}")
+    click.echo(f"  {'time at the rate':<22} {hours:>5}h {rest // 60:02d}m")
+    if summary.get("window"):
+        w = summary["window"]
+        click.echo(f"  {'inside their window':<22} {w['inside_now']:>9}")
+    click.echo(f"longest message ({summary['longest_segments']} segments):")
+    click.echo(f"  {summary['longest_message']}")
+
+
+def _report_rejections(rejections: list[Rejection]) -> None:
+    for r in rejections:
         click.echo(f"line {r.line}: {r.value!r}: {r.reason}", err=True)
 
 
@@ -199,6 +266,13 @@ def _print_status(status: Status) -> None:
         click.echo(f"  {state:<11} {status.counts[state]:>9}")
     click.echo(f"  {'rate':<11} {status.rate_per_s:>9.1f}/s")
     click.echo(f"  {'done':<11} {'yes' if status.done else 'no':>9}")
+    if c.send_at:
+        click.echo(f"  {'send at':<11} {_when(c.send_at)}")
+    if c.parent:
+        click.echo(f"  {'resend of':<11} {c.parent}")
+    if window := status.extra.get("window"):
+        opens = f", next opens {_when(window['next_open'])}" if window["next_open"] else ""
+        click.echo(f"  {'window':<11} {window['window']}: {window['waiting']} waiting{opens}")
     trunk = status.trunk
     if trunk.halted:
         click.echo(
@@ -217,6 +291,10 @@ def _print_status(status: Status) -> None:
     )
     for warning in status.warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @main.command()
@@ -294,6 +372,11 @@ def events_cmd(group: str | None, consumer: str, follow: bool) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         _run(settings, work)
 
+
+# The data commands (report, resend, reschedule, purge, optout) register on `main`.
+from producer import cli_data  # noqa: E402
+
+__all__ = ["cli_data", "main"]
 
 if __name__ == "__main__":
     main()

@@ -1,33 +1,45 @@
 """Store a campaign in the ledger and queue its batches: the producer's one write path.
 
-Everything is validated before the first write, so bad input enqueues nothing.
+Everything is validated first (producer/plan.py), so bad input enqueues nothing. With an
+idempotency key, the same request repeated within 24 hours returns the same campaign, and a
+repeat of one that was cut short (a crash, Ctrl-C, a Redis error) completes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import secrets
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
 from celery import Celery
 
-from ledger import keys, records
+from ledger import events, keys, records
 from ledger.dispatch import celery_config, send
 from ledger.errors import InputError, SmsqError
 from ledger.settings import Settings, load_settings
 from ledger.states import CampaignState, State
-from producer.numbers import InvalidNumber, NumbersResult, Rejection, normalize, normalize_many
-from producer.segments import segment_info
+from ledger.windows import next_open
+from producer.numbers import NumbersResult, Rejection, normalize_recipients
+from producer.plan import MAX_REPORTED_REJECTIONS, Options, Plan, Planner, group_intervals
 
-# --json lists this many rejections; the rest are counted.
-MAX_REPORTED_REJECTIONS = 100
 # Batches written per Redis round trip.
 WRITE_CHUNK_BATCHES = 200
 # Broker commands (a task and its task-sent event are two) buffered per Redis round trip.
 PUBLISH_CHUNK_COMMANDS = 1000
+# An idempotency key is remembered this long (the issue's 24 hours).
+IDEMPOTENCY_TTL_S = 24 * 3600
+# A campaign whose enqueue stopped (its producer died mid-way) is finished by the workers'
+# supervisors this long after its producer last moved (ledger/enqueuing: see resume_stalled).
+ENQUEUE_STALL_S = 30
+
+__all__ = ["EnqueueResult", "Producer", "enqueue_campaign"]
 
 
 @dataclass
@@ -37,8 +49,15 @@ class EnqueueResult:
     rejected: int
     duplicates: int
     rejections: list[Rejection] = field(repr=False)
+    # The most segments any message needs (every message's count for a plain text).
     segments: int
     encoding: str
+    suppressed: int = 0
+    total_segments: int = 0
+    segments_per_message: dict[str, int] = field(default_factory=dict)
+    # True when an idempotency key found this campaign already enqueued: nothing was queued.
+    repeated: bool = False
+    summary: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,23 +65,67 @@ class EnqueueResult:
             "queued": self.queued,
             "rejected": self.rejected,
             "duplicates": self.duplicates,
+            "suppressed": self.suppressed,
             "rejections": [
                 {"line": r.line, "value": r.value, "reason": r.reason}
                 for r in self.rejections[:MAX_REPORTED_REJECTIONS]
             ],
             "segments": self.segments,
+            "total_segments": self.total_segments,
+            "segments_per_message": self.segments_per_message,
             "encoding": self.encoding,
+            "repeated": self.repeated,
+            **{k: v for k, v in self.summary.items() if k in ("send_at", "trunk", "window")},
         }
 
 
-def _require_utf8(label: str, value: str) -> None:
-    """Text a terminal in another encoding passes as lone surrogates, which Redis cannot store."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError(
-            f"the {label} is not valid UTF-8 text (check the terminal's encoding)"
-        ) from None
+def _result(cid: str, plan: Plan, repeated: bool = False) -> EnqueueResult:
+    summary = plan.summary()
+    return EnqueueResult(
+        campaign_id=cid,
+        queued=plan.messages,
+        rejected=len(plan.rejections),
+        duplicates=plan.numbers.duplicates,
+        rejections=plan.rejections,
+        segments=max(plan.distribution, default=0),
+        encoding=plan.encoding,
+        suppressed=len(plan.suppressed),
+        total_segments=plan.total_segments,
+        segments_per_message=summary["segments_per_message"],
+        repeated=repeated,
+        summary=summary,
+    )
+
+
+def _digest(plan: Plan) -> str:
+    """What makes two requests the same campaign, for an idempotency key."""
+    h = hashlib.sha256()
+    for part in (plan.source, plan.template.text, plan.trunk, plan.window, plan.timezone):
+        h.update(part.encode() + b"\0")
+    h.update(f"{plan.send_at:.0f}|{plan.expires_at - plan.created_at:.0f}|{plan.priority}".encode())
+    numbers = plan.numbers.numbers
+    h.update("\n".join(numbers[i] + plan.values.get(i, "") for i in plan.order).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Which message index and batch each recipient gets: batches never mix quiet-hours
+    groups, so a whole batch waits or goes; opted-out numbers fill the last batches."""
+
+    batch_size: int
+    # (batch number, group number or -1 for opted-out, [recipient indexes]) in batch order.
+    batches: list[tuple[int, int, list[int]]]
+
+    @classmethod
+    def of(cls, plan: Plan, batch_size: int) -> Layout:
+        out: list[tuple[int, int, list[int]]] = []
+        chunks = [(g, group.members) for g, group in enumerate(plan.groups)]
+        chunks.append((-1, plan.suppressed))
+        for group_no, members in chunks:
+            for start in range(0, len(members), batch_size):
+                out.append((len(out), group_no, members[start : start + batch_size]))
+        return cls(batch_size, out)
 
 
 class Producer:
@@ -73,23 +136,13 @@ class Producer:
         self.redis = redis.Redis.from_url(self.settings.redis_url)
         self.celery = Celery("smsq-producer")
         self.celery.config_from_object(celery_config(self.settings))
+        self.planner = Planner(self.settings, self.redis)
+        # The campaign being enqueued, known before anything is written (Ctrl-C reports it).
+        self.campaign_id: str | None = None
 
-    def validate(self, source: str, text: str) -> tuple[str, Any]:
-        if not text or not text.strip():
-            raise InputError("the message text is empty")
-        _require_utf8("message text", text)
-        _require_utf8("source", source)
-        try:
-            source = normalize(source)
-        except InvalidNumber as exc:
-            raise InputError(f"invalid source number {source!r}: {exc.reason}") from None
-        info = segment_info(text)
-        if info.segments > self.settings.max_segments:
-            raise InputError(
-                f"the text needs {info.segments} SMS segments ({info.encoding}); "
-                f"the limit is {self.settings.max_segments} (SMSQ_MAX_SEGMENTS)"
-            )
-        return source, info
+    def plan(self, source: str, text: str, numbers: NumbersResult, **options: Any) -> Plan:
+        """Validate everything and compute the campaign, writing nothing (a dry run)."""
+        return self.planner.plan(source, text, numbers, Options(**options))
 
     def enqueue(
         self,
@@ -97,102 +150,108 @@ class Producer:
         text: str,
         numbers: NumbersResult,
         *,
-        name: str | None = None,
-        ttl_s: int | None = None,
-        trunk: str | None = None,
-        priority: bool = False,
+        idempotency_key: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        **options: Any,
+    ) -> EnqueueResult:
+        """Store and queue a campaign; raises InputError for bad input (nothing written)."""
+        plan = self.plan(source, text, numbers, **options)
+        return self.write(plan, idempotency_key=idempotency_key, progress=progress)
+
+    def write(
+        self,
+        plan: Plan,
+        *,
+        idempotency_key: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> EnqueueResult:
-        """Store and queue a campaign for already-parsed numbers; raises InputError if none."""
-        source, info = self.validate(source, text)
-        if name is not None:
-            _require_utf8("campaign name", name)
-        if not numbers.numbers:
-            raise InputError(f"no valid destination number ({len(numbers.rejections)} rejected)")
-        ttl_s = ttl_s or self.settings.ttl_s
-        if ttl_s <= 0:
-            raise InputError("the time to live must be a positive number of seconds")
-        trunk = self._trunk(trunk)
-        cid = secrets.token_hex(8)
-        batch_size = self.settings.batch_size
-        total = len(numbers.numbers)
-        batches = (total + batch_size - 1) // batch_size
-        priority = priority or total == 1
-        now_s, now_us = self.redis.time()
-        created_at = now_s + now_us / 1_000_000
+        repeat = False
+        if idempotency_key:
+            found = self._claim_key(idempotency_key, _digest(plan))
+            if found.get("done"):
+                self.campaign_id = found["cid"]
+                return _result(found["cid"], plan, repeated=True)
+            cid, repeat = found["cid"], found.get("repeat", False)
+        else:
+            cid = secrets.token_hex(8)
+        self.campaign_id = cid
+        layout = Layout.of(plan, self.settings.batch_size)
+        member = f"{cid}|{len(layout.batches)}"
+        self.redis.zadd(keys.enqueuing(), {member: time.time()})
+        self._write_batches(cid, plan, layout, repeat, progress)
+        self._write_campaign(cid, plan, layout)
         try:
-            self._write_batches(cid, numbers.numbers, batch_size, info.segments, progress)
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(keys.counts(cid), str(State.QUEUED), total)
-            pipe.hset(
-                keys.campaign(cid),
-                mapping={
-                    "source": source,
-                    "text": text,
-                    "name": name or "",
-                    "trunk": trunk,
-                    "total": total,
-                    "batch_size": batch_size,
-                    "batches": batches,
-                    "created_at": f"{created_at:.3f}",
-                    "expires_at": f"{created_at + ttl_s:.3f}",
-                    "state": str(CampaignState.ACTIVE),
-                    "encoding": info.encoding,
-                    "segments": info.segments,
-                    "priority": "1" if priority else "0",
-                },
-            )
-            pipe.zadd(keys.campaigns(), {cid: created_at})
-            if priority:
-                # The trunk's urgent lane: every worker that claims takes these first.
-                lane = [f"{cid}|{i // batch_size}|{i}" for i in range(total)]
-                for start in range(0, total, 1000):
-                    pipe.rpush(keys.urgent(trunk), *lane[start : start + 1000])
-            pipe.execute()
-        except BaseException:
-            self._discard(cid, batches)
-            raise
-        try:
-            self._publish(cid, batches, trunk, priority)
-        except Exception as exc:
+            self._publish(cid, plan, layout)
+        except (redis.RedisError, OSError) as exc:
+            # Stored whole: the workers' supervisors queue what is left (resume_stalled).
             raise SmsqError(
-                f"campaign {cid} is stored but not all its batches were queued ({exc}); "
-                f"run `smsq resume {cid}` once Redis is reachable"
+                f"campaign {cid} is stored but its batches are not all queued ({exc}); the "
+                f"workers queue the rest within {ENQUEUE_STALL_S} s"
             ) from None
-        return EnqueueResult(
-            campaign_id=cid,
-            queued=total,
-            rejected=len(numbers.rejections),
-            duplicates=numbers.duplicates,
-            rejections=numbers.rejections,
-            segments=info.segments,
-            encoding=info.encoding,
-        )
+        self.redis.zrem(keys.enqueuing(), member)
+        result = _result(cid, plan)
+        if idempotency_key:
+            self._finish_key(idempotency_key, cid, _digest(plan))
+        return result
 
-    def _trunk(self, trunk: str | None) -> str:
-        configured = self.settings.trunks()
-        name = trunk or next(iter(configured))
-        if name not in configured:
-            raise InputError(f"no trunk {name!r} (configured: {', '.join(configured)})")
-        return name
+    # --- idempotency ------------------------------------------------------------------
+
+    def _claim_key(self, key: str, digest: str) -> dict[str, Any]:
+        """Take the key for a new campaign, or find the campaign it already names."""
+        name = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
+        fresh = {"cid": secrets.token_hex(8), "digest": digest, "done": False}
+        if self.redis.set(name, json.dumps(fresh), nx=True, ex=IDEMPOTENCY_TTL_S):
+            return fresh
+        raw = self.redis.get(name)
+        if raw is None:  # expired between the two calls
+            return self._claim_key(key, digest)
+        found = dict(json.loads(raw))
+        if found.get("digest") != digest:
+            raise InputError(
+                "this idempotency key was used within 24 hours for a different campaign "
+                f"({found['cid']}); use a new key for a new campaign"
+            )
+        if found.get("done") and self.redis.exists(keys.campaign(found["cid"])) == 0:
+            raise InputError(f"this idempotency key's campaign {found['cid']} was already purged")
+        found["repeat"] = True
+        return found
+
+    def _finish_key(self, key: str, cid: str, digest: str) -> None:
+        name = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
+        done = {"cid": cid, "digest": digest, "done": True}
+        self.redis.set(name, json.dumps(done), keepttl=True)
+
+    # --- writing ----------------------------------------------------------------------
 
     def _write_batches(
         self,
         cid: str,
-        numbers: list[str],
-        batch_size: int,
-        segments: int,
+        plan: Plan,
+        layout: Layout,
+        repeat: bool,
         progress: Callable[[int], None] | None,
     ) -> None:
+        """The batches' records (and template values); on a repeat, only those missing, as
+        one written whole by a cut-short attempt may already be sending."""
+        numbers = plan.numbers.numbers
+        segments = plan.segments
+        queued = records.queued
+        suppressed = _suppressed_record
         pipe = self.redis.pipeline(transaction=False)
         pending = 0
-        queued = records.queued
-        for start in range(0, len(numbers), batch_size):
-            chunk = numbers[start : start + batch_size]
-            data = b"".join([queued(number, segments) for number in chunk])
-            pipe.set(keys.batch(cid, start // batch_size), data)
-            pending += len(chunk)
+        for batch_no, group_no, members in layout.batches:
+            if group_no < 0:
+                data = b"".join([suppressed(numbers[i], segments.get(i, 1)) for i in members])
+            else:
+                data = b"".join([queued(numbers[i], segments[i]) for i in members])
+            pipe.set(keys.batch(cid, batch_no), data, nx=repeat)
+            if plan.values and group_no >= 0:
+                first = batch_no * layout.batch_size
+                mapping = {first + p: plan.values[i] for p, i in enumerate(members)}
+                pipe.hset(keys.fields(cid, batch_no), mapping=mapping)
+            pending += len(members)
             if len(pipe) >= WRITE_CHUNK_BATCHES:
+                pipe.zadd(keys.enqueuing(), {f"{cid}|{len(layout.batches)}": time.time()}, xx=True)
                 pipe.execute()
                 if progress:
                     progress(pending)
@@ -201,57 +260,190 @@ class Producer:
         if progress and pending:
             progress(pending)
 
-    def _publish(self, cid: str, batches: int, trunk: str, priority: bool) -> None:
-        """ledger.dispatch.dispatch() with kombu's publish batching: one Redis round trip per
-        PUBLISH_CHUNK_COMMANDS instead of two per task (10,000 tasks: 6.8 s -> 3.8 s on 2
-        cores). A failure discards what was not yet sent, as dispatch() would stop there."""
+    def _write_campaign(self, cid: str, plan: Plan, layout: Layout) -> None:
+        """The campaign's hash, counts and index entries, in one transaction: from here on a
+        task can send it. Written once: a repeat finds it there and leaves it."""
+        if self.redis.exists(keys.campaign(cid)):
+            return
+        state = CampaignState.SCHEDULED if plan.send_at else CampaignState.ACTIVE
+        summary = plan.summary()
+        enqueue_info = {
+            k: summary[k]
+            for k in ("rejected", "duplicates", "suppressed", "segments", "segments_per_message")
+        }
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            keys.counts(cid),
+            mapping={str(State.QUEUED): plan.messages, str(State.SUPPRESSED): len(plan.suppressed)},
+        )
+        pipe.hset(
+            keys.campaign(cid),
+            mapping={
+                "source": plan.source,
+                "text": plan.template.text,
+                "name": plan.name,
+                "trunk": plan.trunk,
+                "total": plan.messages + len(plan.suppressed),
+                "batch_size": layout.batch_size,
+                "batches": len(layout.batches),
+                "created_at": f"{plan.created_at:.3f}",
+                "expires_at": f"{plan.expires_at:.3f}",
+                "send_at": f"{plan.send_at:.3f}" if plan.send_at else "",
+                "state": str(state),
+                "encoding": plan.encoding,
+                "segments": max(plan.distribution, default=1),
+                "priority": "1" if plan.priority else "0",
+                "fields": ",".join(plan.template.fields),
+                "window": plan.window,
+                "timezone": plan.timezone,
+                "parent": plan.parent,
+                "enqueue": json.dumps(enqueue_info),
+            },
+        )
+        if plan.window:
+            # Per group: its intervals, its zones (to compute them again for a new time), its
+            # size (for status); per batch: its group.
+            windows: dict[str, str] = {}
+            for g, (group, text) in enumerate(zip(plan.groups, group_intervals(plan), strict=True)):
+                windows[f"g:{g}"] = text
+                windows[f"z:{g}"] = ",".join(group.zones)
+                windows[f"n:{g}"] = str(len(group.members))
+            windows.update({f"b:{b}": str(g) for b, g, _ in layout.batches if g >= 0})
+            pipe.hset(keys.windows(cid), mapping=windows)
+        pipe.zadd(keys.campaigns(), {cid: plan.created_at})
+        if plan.priority:
+            # The trunk's urgent lane: every worker that claims takes these first.
+            refs = [
+                f"{cid}|{b}|{b * layout.batch_size + p}"
+                for b, g, members in layout.batches
+                if g >= 0
+                for p in range(len(members))
+            ]
+            for start in range(0, len(refs), 1000):
+                pipe.rpush(keys.urgent(plan.trunk), *refs[start : start + 1000])
+        if not plan.messages:
+            # Everyone opted out: done at once, and purged after the retention.
+            pipe.hset(keys.campaign(cid), "done_at", f"{plan.created_at:.3f}")
+            pipe.zadd(keys.retention(), {cid: plan.created_at})
+        pipe.execute()
+        self._publish_suppressed(cid, plan, layout)
+
+    def _publish_suppressed(self, cid: str, plan: Plan, layout: Layout) -> None:
+        stream, maxlen = self.settings.events_stream, self.settings.events_maxlen
+        pipe = self.redis.pipeline(transaction=False)
+        for b, g, members in layout.batches:
+            if g >= 0:
+                continue
+            for p, i in enumerate(members):
+                index = b * layout.batch_size + p
+                event = events.message_event(
+                    cid,
+                    keys.message_id(cid, index),
+                    plan.numbers.numbers[i],
+                    plan.source,
+                    None,
+                    trunk=plan.trunk,
+                    detail="on the opt-out list",
+                )
+                event["type"] = str(State.SUPPRESSED)
+                pipe.xadd(stream, {"data": events.encode(event)}, maxlen=maxlen, approximate=True)
+            if len(pipe) >= PUBLISH_CHUNK_COMMANDS:
+                pipe.execute()
+        pipe.execute()
+
+    def _publish(self, cid: str, plan: Plan, layout: Layout) -> None:
+        """Queue the batches that can go now, with kombu's publish batching (one Redis round
+        trip per PUBLISH_CHUNK_COMMANDS instead of two per task: 10,000 tasks 6.8 s -> 3.8 s
+        on 2 cores); park the others in Redis until their time (a schedule, quiet hours)."""
+        now = time.time()
+        parked: dict[str, float] = {}
+        ready: list[int] = []
+        intervals = [g.intervals for g in plan.groups]
+        for batch_no, group_no, _ in layout.batches:
+            if group_no < 0:
+                continue
+            at = plan.send_at if plan.send_at > now else 0.0
+            if plan.window:
+                inside, opens = next_open(intervals[group_no], max(now, at))
+                if not inside:
+                    at = min(opens or plan.expires_at, plan.expires_at)
+            if at:
+                parked[keys.batch_member(cid, batch_no)] = at
+            else:
+                ready.append(batch_no)
+        for start in range(0, len(parked), 1000):
+            chunk = dict(list(parked.items())[start : start + 1000])
+            self.redis.zadd(keys.parked(), chunk)
         with self.celery.producer_or_acquire() as producer:
             # kombu before 5.7 (allowed by celery>=5.4) has no Producer.batch: publish one by one.
             batch = getattr(producer, "batch", None)
             with batch(max_size=PUBLISH_CHUNK_COMMANDS) if batch else contextlib.nullcontext():
-                for batch_no in range(batches):
-                    send(self.celery, producer, cid, batch_no, trunk, priority)
-
-    def _discard(self, cid: str, batches: int) -> None:
-        """Best effort: remove what a failed enqueue wrote, so nothing is half-enqueued."""
-        try:
-            names = [keys.batch(cid, b) for b in range(batches)]
-            names += [keys.counts(cid), keys.campaign(cid)]
-            for start in range(0, len(names), 1000):
-                self.redis.delete(*names[start : start + 1000])
-            self.redis.zrem(keys.campaigns(), cid)
-        except redis.RedisError:
-            pass
+                for batch_no in ready:
+                    send(self.celery, producer, cid, batch_no, plan.trunk, plan.priority)
 
     def close(self) -> None:
         self.redis.close()
 
 
+def _suppressed_record(number: str, fragments: int) -> bytes:
+    return records.pack(State.SUPPRESSED, number, fragments=fragments)
+
+
 def enqueue_campaign(
     source: str,
     text: str,
-    destinations: Iterable[str],
+    recipients: Iterable[str | Mapping[str, object]],
     name: str | None = None,
     *,
     ttl_s: int | None = None,
     trunk: str | None = None,
     priority: bool = False,
+    send_at: Any = None,
+    window: str | None = None,
+    timezone: str | None = None,
+    idempotency_key: str | None = None,
+    dry_run: bool = False,
     settings: Settings | None = None,
-) -> EnqueueResult:
-    """Queue a campaign: normalise and de-duplicate the numbers, store the text once, and
-    publish its batches. Raises ledger.errors.InputError for bad input (nothing is queued).
-    A campaign of one message, or one made with priority=True, takes the trunk's urgent lane:
-    its messages go before any campaign's, within the same rate limit."""
+) -> EnqueueResult | dict[str, Any]:
+    """Queue a campaign: normalise and de-duplicate the numbers, render a templated text per
+    recipient, leave out opted-out numbers, store the text once, and publish its batches.
+
+    recipients: numbers, or objects {"destination": "...", "fields": {"name": "Ana"}}.
+    send_at: a timezone-aware datetime (or ISO 8601 text with a zone) to send at; window:
+    quiet hours "09:00-20:00" in each recipient's local time (timezone: the fallback zone).
+    A campaign of one message, or one made with priority=True, takes the trunk's urgent lane.
+    With idempotency_key, a repeat within 24 hours returns the same campaign. dry_run:
+    validate and return the preview (a dict), writing nothing.
+    Raises ledger.errors.InputError for bad input (nothing is queued)."""
     producer = Producer(settings)
     try:
-        return producer.enqueue(
-            source,
-            text,
-            normalize_many(destinations),
-            name=name,
-            ttl_s=ttl_s,
-            trunk=trunk,
-            priority=priority,
-        )
+        options: dict[str, Any] = {
+            "name": name,
+            "ttl_s": ttl_s,
+            "trunk": trunk,
+            "priority": priority,
+            "send_at": parse_send_at(send_at),
+            "window": window,
+            "timezone": timezone,
+        }
+        numbers = normalize_recipients(recipients)
+        plan = producer.plan(source, text, numbers, **options)
+        if dry_run:
+            return plan.summary()
+        return producer.write(plan, idempotency_key=idempotency_key)
     finally:
         producer.close()
+
+
+def parse_send_at(value: Any) -> datetime | None:
+    """A send time from text (ISO 8601) or a datetime; None stays None."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise InputError("send_at must be ISO 8601 text with a time zone, or a datetime")
+    try:
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"send_at {value!r} is not an ISO 8601 time (e.g. 2026-12-24T09:00+01:00)"
+        ) from None

@@ -6,8 +6,11 @@ Turns what people type ("+44 (20) 7946-0958", "0044...") into the digits-only E.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from ledger.campaigns import FIELD_SEPARATOR
 
 # E.164 allows at most 15 digits; fewer than 8 is a short code or a typo, not a mobile number.
 MIN_DIGITS = 8
@@ -49,12 +52,25 @@ class Rejection:
 
 @dataclass(slots=True)
 class NumbersResult:
-    """Valid numbers in first-seen order without duplicates, plus every rejected input."""
+    """Valid numbers in first-seen order without duplicates, plus every rejected input.
+
+    With fields (a recipients CSV's other columns, or recipients given as objects): `columns`
+    names them, `values[i]` holds number i's values joined by FIELD_SEPARATOR in that order,
+    and `line_of[i]` is where number i was found (for a per-line rejection later)."""
 
     numbers: list[str] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: int = 0
     lines: int = 0
+    columns: tuple[str, ...] = ()
+    values: list[str] = field(default_factory=list)
+    line_of: array[int] = field(default_factory=lambda: array("I"))
+
+    def row(self, i: int) -> list[str]:
+        """Number i's field values, in `columns` order ('' for none)."""
+        if not self.columns:
+            return []
+        return self.values[i].split(FIELD_SEPARATOR)
 
 
 def normalize(raw: str) -> str:
@@ -107,17 +123,21 @@ def shorten(value: str) -> str:
 class NumbersCollector:
     """Builds a NumbersResult one input at a time, so a large file never exists as a list."""
 
-    __slots__ = ("_duplicates", "_lines", "_rejections", "_seen")
+    __slots__ = ("_columns", "_duplicates", "_line_of", "_lines", "_rejections", "_seen", "_values")
 
-    def __init__(self) -> None:
+    def __init__(self, columns: tuple[str, ...] = ()) -> None:
         # A dict is an insertion-ordered set: first occurrence order comes for free.
         self._seen: dict[str, None] = {}
         self._rejections: list[Rejection] = []
         self._duplicates = 0
         self._lines = 0
+        self._columns = columns
+        self._values: list[str] = []
+        self._line_of = array("I")
 
-    def add(self, line: int, raw: str) -> None:
-        """Normalise `raw` (found at `line`) and keep it, count it as a duplicate, or reject it."""
+    def add(self, line: int, raw: str, values: str = "") -> None:
+        """Normalise `raw` (found at `line`) and keep it, count it as a duplicate, or reject it.
+        `values`: its field values joined by FIELD_SEPARATOR (kept for its first occurrence)."""
         self._lines += 1
         try:
             number = normalize(raw)
@@ -128,11 +148,18 @@ class NumbersCollector:
             self._duplicates += 1
         else:
             self._seen[number] = None
+            self._line_of.append(line)
+            if self._columns:
+                self._values.append(values)
 
     def reject(self, line: int, raw: str, reason: str) -> None:
         """Record an input at `line` that was refused before it could be read as a number."""
         self._lines += 1
         self._rejections.append(Rejection(line, shorten(raw), reason))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self._columns
 
     @property
     def lines(self) -> int:
@@ -146,6 +173,9 @@ class NumbersCollector:
             rejections=list(self._rejections),
             duplicates=self._duplicates,
             lines=self._lines,
+            columns=self._columns,
+            values=self._values,
+            line_of=self._line_of,
         )
 
 
@@ -154,4 +184,41 @@ def normalize_many(values: Iterable[str]) -> NumbersResult:
     collector = NumbersCollector()
     for position, raw in enumerate(values, start=1):
         collector.add(position, raw)
+    return collector.result()
+
+
+def normalize_recipients(recipients: Iterable[str | Mapping[str, object]]) -> NumbersResult:
+    """Recipients given as plain numbers or as objects `{"destination": ..., "fields": {...}}`
+    (the Python and HTTP APIs); `line` is the 1-based position. Field values must be text
+    (or numbers, turned into text); a recipient whose entry is malformed is rejected."""
+    items = list(recipients)
+    names: dict[str, None] = {}
+    for item in items:
+        if isinstance(item, Mapping) and isinstance(item.get("fields"), Mapping):
+            names.update(dict.fromkeys(str(k) for k in item["fields"]))  # type: ignore[union-attr]
+    columns = tuple(names)
+    collector = NumbersCollector(columns)
+    for position, item in enumerate(items, start=1):
+        if isinstance(item, str):
+            collector.add(position, item, FIELD_SEPARATOR.join([""] * len(columns)))
+            continue
+        if not isinstance(item, Mapping) or not isinstance(item.get("destination"), str):
+            collector.reject(position, str(item), "not a number nor {destination, fields}")
+            continue
+        fields = item.get("fields") or {}
+        if not isinstance(fields, Mapping):
+            collector.reject(position, str(item["destination"]), "fields must be an object")
+            continue
+        row = []
+        for name in columns:
+            value = fields.get(name, "")
+            if value is None:
+                value = ""
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                break
+            row.append(str(value).replace(FIELD_SEPARATOR, " "))
+        else:
+            collector.add(position, item["destination"], FIELD_SEPARATOR.join(row))
+            continue
+        collector.reject(position, str(item["destination"]), "a field value is not text")
     return collector.result()

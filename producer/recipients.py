@@ -12,7 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ledger.errors import InputError
-from producer.numbers import InvalidNumber, NumbersCollector, NumbersResult, normalize
+from producer.numbers import (
+    FIELD_SEPARATOR,
+    InvalidNumber,
+    NumbersCollector,
+    NumbersResult,
+    normalize,
+)
 
 # Header names (case-insensitive) that mark the column holding the numbers, in the order the
 # error message lists them.
@@ -59,11 +65,14 @@ def _read(text: io.TextIOWrapper, label: str) -> NumbersResult:
     first_line, first = _first_content(text)
     if not first:
         raise RecipientsFileError(f"{label} is empty")
-    collector = NumbersCollector()
     is_number = _is_number(first)
     column = None if is_number else _find_column(first)
     if column is not None:
         delimiter, index, column_name = column
+        # The other columns are the recipients' fields, for a templated text.
+        header = next(csv.reader([first], delimiter=delimiter))
+        fields = tuple(cell.strip() for i, cell in enumerate(header) if i != index)
+        collector = NumbersCollector(fields)
         _read_rows(text, first_line, delimiter, index, column_name, collector)
         if collector.lines == 0:
             raise RecipientsFileError(f"{label} has a header but no data lines")
@@ -73,6 +82,7 @@ def _read(text: io.TextIOWrapper, label: str) -> NumbersResult:
             f"{label} looks like a CSV file, but its header (line {first_line}) has no "
             f"column named {', '.join(COLUMN_NAMES[:-1])} or {COLUMN_NAMES[-1]}"
         )
+    collector = NumbersCollector()
     collector.add(first_line, first)
     _read_lines(text, first_line, collector)
     return collector.result()
@@ -114,6 +124,7 @@ def _read_rows(
     collector: NumbersCollector,
 ) -> None:
     missing = f"no value in column {column_name!r}"
+    fields = collector.columns
     rows = csv.reader(_checked(text), delimiter=delimiter)
     end_of_previous = header_line
     for row in rows:
@@ -121,7 +132,13 @@ def _read_rows(
         start = end_of_previous + 1
         end_of_previous = header_line + rows.line_num
         if index < len(row) and row[index].strip():
-            collector.add(start, row[index])
+            if fields:
+                others = [cell for i, cell in enumerate(row) if i != index]
+                others += [""] * (len(fields) - len(others))
+                values = FIELD_SEPARATOR.join(c.replace(FIELD_SEPARATOR, " ") for c in others)
+                collector.add(start, row[index], values)
+            else:
+                collector.add(start, row[index])
         elif any(cell.strip() for cell in row):
             collector.reject(start, delimiter.join(row), missing)
         # Rows with no content at all (blank lines, Excel's ";;;") are skipped like blank lines.

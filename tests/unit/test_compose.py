@@ -51,6 +51,13 @@ needs_tool = pytest.mark.skipif(
 )
 
 
+def _env_name(field: str) -> str:
+    """The variable a setting is read from: its alias when it has one (SMSQ_TRUNKS)."""
+    alias = Settings.model_fields[field].validation_alias
+    choices = getattr(alias, "choices", None)
+    return str(choices[0]) if choices else f"{ENV_PREFIX}{field.upper()}"
+
+
 def _env_example_lines() -> list[tuple[bool, str, str]]:
     """(commented out, name, value) for every KEY=value line of .env.example."""
     lines = []
@@ -339,7 +346,7 @@ def test_env_example_lists_every_setting_with_valid_values() -> None:
     lines = _env_example_lines()
     names = [name for _, name, _ in lines]
     assert len(names) == len(set(names)), "a variable is listed twice"
-    fields = {f"{ENV_PREFIX}{field.upper()}": field for field in Settings.model_fields}
+    fields = {_env_name(field): field for field in Settings.model_fields}
     listed = {name for name in names if name.startswith(ENV_PREFIX)}
     assert set(fields) - listed == set(), "settings missing from .env.example"
     assert listed - set(fields) == set(), ".env.example lists settings smsq does not have"

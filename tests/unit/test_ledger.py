@@ -59,7 +59,7 @@ def test_keys_built_in_lua_agree_with_keys_py(real_redis) -> None:
     built = lua_common(
         real_redis,
         """return {campaign_key(ARGV[1]), counts_key(ARGV[1]), batch_key(ARGV[1], 7),
-          fields_key(ARGV[1], 7), rawids_key(ARGV[1]), posted_key(ARGV[1], 1700000000),
+          fields_key(ARGV[1], 7), rawids_key(ARGV[1]), posted_key(ARGV[1]),
           orphan_key(ARGV[2]), orphans_by_pair(ARGV[3], ARGV[4]),
           unknown_by_pair(ARGV[3], ARGV[4]), sending_by_pair(ARGV[3], ARGV[4]),
           id_bucket(ARGV[5]), ORPHANS, STATS, ACCEPTING, RETENTION, PARKED, INFLIGHT}""",
@@ -75,7 +75,7 @@ def test_keys_built_in_lua_agree_with_keys_py(real_redis) -> None:
         keys.batch(CID, 7),
         keys.fields(CID, 7),
         keys.raw_ids(CID),
-        keys.posted(CID, 1700000000),
+        keys.posted(CID),
         keys.orphan(did(1)),
         keys.orphans_by_pair(SOURCE, dest(1)),
         keys.unknown_by_pair(SOURCE, dest(1)),
@@ -320,8 +320,19 @@ def test_status_rate_averages_from_the_first_busy_second(
     now = int(time.time())
     # Pinned, so a second boundary cannot shift the window under the test.
     monkeypatch.setattr("ledger.campaigns.time.time", lambda: now + 0.5)
-    real_redis.set(keys.posted(cid, now - 2), 10)
-    real_redis.set(keys.posted(cid, now - 1), 20)
+    ring = keys.POSTED_RING_S
+    real_redis.hset(
+        keys.posted(cid),
+        mapping={
+            f"s{(now - 2) % ring}": now - 2,
+            f"n{(now - 2) % ring}": 10,
+            f"s{(now - 1) % ring}": now - 1,
+            f"n{(now - 1) % ring}": 20,
+            # A slot left from an older second does not count.
+            f"s{now % ring}": now - ring,
+            f"n{now % ring}": 99,
+        },
+    )
 
     async def go(ledger):
         return [(await ledger.status(c, with_warnings=False)).rate_per_s for c in (cid, idle)]
@@ -476,9 +487,9 @@ def test_purge_deletes_every_key_the_campaign_owns_and_only_its_index_entries(
 
     before, purged, after, again, callbacks = run(real_ledger, go)
     assert (purged, again) == (True, False)
-    posted = {k for k in before if k.startswith(keys.posted(gone, 0)[:-1].encode())}
-    # Its posted-per-second counters expire on their own (TTL 2 min).
-    assert posted and all(0 < real_redis.ttl(k) <= 120 for k in posted)
+    posted: set[bytes] = set()
+    # Its posted-per-second ring goes with it.
+    assert keys.posted(gone).encode() in before
     # Index buckets that held only its entries go too.
     only_its = {
         keys.id_bucket(records.id_key(i)[0]).encode() for i in ("raw-id-1", bucket_id("def", 2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from array import array
 
 import pytest
 from hypothesis import given
@@ -123,6 +124,7 @@ def test_normalize_many_dedupes_and_reports_positions() -> None:
         ],
         duplicates=2,
         lines=5,
+        line_of=array("I", [1]),
     )
 
 

@@ -77,7 +77,8 @@ def test_a_kept_callback_settles_the_unknown_message_nearest_in_time(
     assert states(real_redis, first) == {0: "unknown"}
     assert states(real_redis, second) == {0: "sent"}
     [r] = read_records(real_redis, second)
-    assert (r.flags, r.didww_id, r.t1) == (MATCHED | LATE, did(1), posted + 90)
+    assert (r.flags & (MATCHED | LATE), r.didww_id, r.t1) == (MATCHED | LATE, did(1), posted + 90)
+    assert r.status == "Success"
     sent = read_events(real_redis)[-1]
     assert (sent["type"], sent["campaign_id"], sent["message_id"], sent["didww_id"]) == (
         "sent",

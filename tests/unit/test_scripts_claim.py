@@ -138,9 +138,9 @@ def test_claims_count_posts_per_second_for_the_send_rate(
         return await claim(ledger, cid, [2])
 
     run(real_ledger, go)
-    posted = real_redis.keys(keys.posted(cid, 0)[:-1] + "*")
-    assert sum(int(real_redis.get(k)) for k in posted) == 3
-    assert all(0 < real_redis.ttl(k) <= 120 for k in posted)
+    ring = {k.decode(): int(v) for k, v in real_redis.hgetall(keys.posted(cid)).items()}
+    assert sum(v for k, v in ring.items() if k.startswith("n")) == 3
+    assert all(ring[f"s{k[1:]}"] > 0 for k in ring if k.startswith("n"))
 
 
 @pytest.mark.parametrize("flag", ["halt", "backoff"])
@@ -378,7 +378,12 @@ def test_the_urgent_lane_is_taken_first_with_its_source_text_and_fields(
     assert (second.cid, second.index, second.source, second.text) == (bulk, 0, "", "")
     assert real_redis.llen(keys.urgent("default")) == 0
     assert states(real_redis, otp) == {0: "sending"}
-    assert real_redis.get(keys.posted(otp, read_records(real_redis, otp)[0].t1)) == b"1"
+    second = read_records(real_redis, otp)[0].t1
+    slot = second % keys.POSTED_RING_S
+    assert real_redis.hmget(keys.posted(otp), f"s{slot}", f"n{slot}") == [
+        str(second).encode(),
+        b"1",
+    ]
 
 
 def test_the_urgent_lane_respects_max_messages(real_ledger, real_campaign, real_redis) -> None:

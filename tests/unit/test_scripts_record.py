@@ -29,7 +29,7 @@ from test_scripts_helpers import (
 
 from ledger import keys, records
 from ledger.hotpath import Result
-from ledger.records import LATE, RAW_ID
+from ledger.records import LATE, MATCHED, RAW_ID
 from ledger.recovery import inflight_field
 
 CALLBACK_FIELDS = ("status", "code_id", "reason", "fragments_sent", "time_start", "time_end")
@@ -355,7 +355,14 @@ def test_a_success_callback_settles_sent_with_one_event(
 
     assert run(real_ledger, go) == "applied"
     [r] = read_records(real_redis, cid)
-    assert (r.state, r.code_id, r.fragments, r.flags, r.didww_id) == ("sent", None, 2, 0, did(0))
+    assert (r.state, r.code_id, r.fragments, r.flags & LATE, r.didww_id) == (
+        "sent",
+        None,
+        2,
+        0,
+        did(0),
+    )
+    assert r.status == "Success"
     # The record keeps DIDWW's times to the second.
     assert (r.time_start, r.time_end) == (TIME_START[:19] + "Z", TIME_END[:19] + "Z")
     assert counts(real_redis, cid) == {"sent": 1}
@@ -472,7 +479,7 @@ def test_a_callback_after_the_timeout_settles_an_unconfirmed_message_as_late(
 
     assert run(real_ledger, go) == "late"
     [r] = read_records(real_redis, cid)
-    assert (r.state, r.flags) == (final, LATE)
+    assert (r.state, r.flags & (LATE | MATCHED | RAW_ID), r.status) == (final, LATE, status)
     assert counts(real_redis, cid) == {final: 1}
     late = read_events(real_redis)[-1]
     assert (late["type"], late["late"], late["previous_state"], late["message_id"]) == (

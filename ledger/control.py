@@ -64,7 +64,8 @@ async def reschedule(ledger: Ledger, cid: str, send_at: float) -> bool | None:
                 if raw[0] is None:
                     return None
                 state, old_at = raw[0].decode(), float(raw[1] or 0)
-                if state != CampaignState.SCHEDULED or old_at <= time.time() + 1:
+                waiting = state in (CampaignState.SCHEDULED, CampaignState.PAUSED)
+                if not waiting or old_at <= time.time() + 1:
                     raise InputError(
                         f"campaign {cid} is not waiting for a scheduled time (it is {state}); "
                         "only a scheduled campaign that has not started can be rescheduled"

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from ledger import events, keys, records
 from ledger.dispatch import celery_config, send
@@ -179,10 +180,12 @@ class Producer:
         member = f"{cid}|{len(layout.batches)}"
         self.redis.zadd(keys.enqueuing(), {member: time.time()})
         self._write_batches(cid, plan, layout, repeat, progress)
-        self._write_campaign(cid, plan, layout)
+        stored = self._write_campaign(cid, plan, layout)
         try:
+            if stored:
+                self._publish_suppressed(cid, plan, layout)
             self._publish(cid, plan, layout)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError, OperationalError) as exc:
             # Stored whole: the workers' supervisors queue what is left (resume_stalled).
             raise SmsqError(
                 f"campaign {cid} is stored but its batches are not all queued ({exc}); the "
@@ -260,11 +263,11 @@ class Producer:
         if progress and pending:
             progress(pending)
 
-    def _write_campaign(self, cid: str, plan: Plan, layout: Layout) -> None:
+    def _write_campaign(self, cid: str, plan: Plan, layout: Layout) -> bool:
         """The campaign's hash, counts and index entries, in one transaction: from here on a
-        task can send it. Written once: a repeat finds it there and leaves it."""
+        task can send it. Written once: a repeat finds it there and leaves it (False)."""
         if self.redis.exists(keys.campaign(cid)):
-            return
+            return False
         state = CampaignState.SCHEDULED if plan.send_at else CampaignState.ACTIVE
         summary = plan.summary()
         enqueue_info = {
@@ -326,7 +329,7 @@ class Producer:
             pipe.hset(keys.campaign(cid), "done_at", f"{plan.created_at:.3f}")
             pipe.zadd(keys.retention(), {cid: plan.created_at})
         pipe.execute()
-        self._publish_suppressed(cid, plan, layout)
+        return True
 
     def _publish_suppressed(self, cid: str, plan: Plan, layout: Layout) -> None:
         stream, maxlen = self.settings.events_stream, self.settings.events_maxlen

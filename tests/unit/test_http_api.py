@@ -1,6 +1,7 @@
 """Tests for the HTTP API (producer.http) through httpx.ASGITransport on fakeredis: the bearer
-token, every endpoint's answers and status codes (priority campaigns and the trunk's urgent
-lane, the status shape), the body limit, and Redis failures."""
+token on every endpoint, creating a campaign (priority campaigns and the trunk's urgent lane),
+status, pause, resume and cancel, the body limit, Redis failures and JSON for every error.
+The fakes and run() here serve test_http_campaigns, test_http_control and test_http_optouts."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ledger.hotpath import RateParams
 from ledger.settings import Settings
 from ledger.states import ALL_STATES, CampaignState
 from ledger.store import Ledger
-from producer import http
+from producer import http, http_common
 from producer.enqueue import MAX_REPORTED_REJECTIONS, Producer
 
 API_TOKEN = "api-SECRET-token"
@@ -37,10 +38,11 @@ ABSENT = "0123456789abcdef"
 class FakeCelery:
     """Records the tasks the API publishes instead of talking to a broker."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, error: Exception | None = None) -> None:
         self.sent: list[tuple[str, list[Any], str]] = []
         self.kwargs: list[dict[str, Any]] = []
         self.fail = fail
+        self.error = error or ConnectionError("broker unreachable")
 
     @contextlib.contextmanager
     def producer_or_acquire(self) -> Iterator[None]:
@@ -56,7 +58,7 @@ class FakeCelery:
         shadow: str,
     ) -> None:
         if self.fail:
-            raise ConnectionError("broker unreachable")
+            raise self.error
         assert shadow == f"{name}[{kwargs['trunk']}]"
         self.sent.append((name, args, queue))
         self.kwargs.append(kwargs)
@@ -75,6 +77,7 @@ def run(
     *,
     celery: FakeCelery | None = None,
     cfg: Settings | None = None,
+    raise_app_exceptions: bool = True,
 ) -> Any:
     """Run ``steps`` against the app (lifespan included) on this test's fake Redis."""
     cfg = cfg or api_settings()
@@ -84,11 +87,12 @@ def run(
         producer = Producer(cfg)
         producer.redis.close()
         producer.redis = fakeredis.FakeRedis(server=server)
+        producer.planner.redis = producer.redis
         producer.celery = celery or FakeCelery()  # type: ignore[assignment]
         app = http.create_app(cfg, redis=redis, producer=producer)
         try:
             async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
+                transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
                 async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
                     return await steps(c, app.state.api.ledger)
         finally:
@@ -148,8 +152,14 @@ def test_create_campaign_is_201_with_the_enqueue_result(server, sync_redis) -> N
         "rejected": [{"index": 3, "value": "12", "reason": "too short: 2 digits, need 8 to 15"}],
         "rejected_count": 1,
         "duplicates": 1,
+        "suppressed": 0,
         "segments": 1,
+        "total_segments": 3,
+        "segments_per_message": {"1": 3},
         "encoding": "GSM-7",
+        "repeated": False,
+        "trunk": "default",
+        "send_at": None,
         "priority": False,
     }
     assert keys.CAMPAIGN_ID.fullmatch(cid)
@@ -251,8 +261,8 @@ def test_rejections_listed_are_capped_but_all_counted(server) -> None:
         (
             campaign_body(urgent=True),
             422,
-            "unknown field 'urgent' (the fields are source, text, destinations, name, ttl_s, "
-            "priority)",
+            "unknown field 'urgent' (the fields are source, text, destinations, recipients, "
+            "name, ttl_s, priority, trunk, send_at, window, timezone, dry_run)",
         ),
     ],
 )
@@ -323,14 +333,14 @@ def test_json_with_a_charset_is_accepted(server) -> None:
 
 
 def test_body_over_the_limit_is_413(server, sync_redis, monkeypatch) -> None:
-    monkeypatch.setattr(http, "MAX_BODY_BYTES", 1024)
+    monkeypatch.setattr(http_common, "MAX_BODY_BYTES", 1024)
     response = create(server, campaign_body(destinations=[f"3704165{i:04d}" for i in range(100)]))
     assert response.status_code == 413 and "1024 bytes" in response.json()["error"]
     assert stored_campaigns(sync_redis) == []
 
 
 def test_streamed_body_over_the_limit_without_length_is_413(server, monkeypatch) -> None:
-    monkeypatch.setattr(http, "MAX_BODY_BYTES", 1024)
+    monkeypatch.setattr(http_common, "MAX_BODY_BYTES", 1024)
     sent: list[int] = []
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -356,11 +366,16 @@ def test_redis_down_while_creating_is_503(server) -> None:
     assert "Redis" in response.json()["error"]
 
 
-def test_stored_but_not_queued_is_503_naming_the_campaign(server, sync_redis) -> None:
+def test_stored_but_not_queued_is_202_naming_the_campaign(server, sync_redis) -> None:
     response = create(server, campaign_body(), FakeCelery(fail=True))
-    assert response.status_code == 503
+    assert response.status_code == 202, response.text
     [cid] = stored_campaigns(sync_redis)
-    assert cid.decode() in response.json()["error"]
+    out = response.json()
+    assert out["campaign_id"] == cid.decode()
+    assert response.headers["location"] == f"/v1/campaigns/{cid.decode()}"
+    assert out["queued"] == 3 and "workers queue the rest" in out["note"]
+    # Left for the workers' supervisors to finish (resume_stalled).
+    assert sync_redis.zcard(keys.enqueuing()) == 1
 
 
 # --- the token
@@ -369,9 +384,18 @@ def test_stored_but_not_queued_is_503_naming_the_campaign(server, sync_redis) ->
 PROTECTED = [
     ("POST", "/v1/campaigns"),
     ("GET", "/v1/campaigns/c1"),
+    ("DELETE", "/v1/campaigns/c1"),
+    ("GET", "/v1/campaigns/c1/messages"),
     ("POST", "/v1/campaigns/c1/pause"),
     ("POST", "/v1/campaigns/c1/resume"),
     ("POST", "/v1/campaigns/c1/cancel"),
+    ("POST", "/v1/campaigns/c1/reschedule"),
+    ("POST", "/v1/campaigns/c1/resend"),
+    ("GET", "/v1/optouts"),
+    ("POST", "/v1/optouts"),
+    ("DELETE", "/v1/optouts"),
+    ("GET", "/v1/optouts/37041654321"),
+    ("POST", "/v1/inbound"),
 ]
 BAD_AUTH = [
     None,
@@ -399,15 +423,18 @@ def test_missing_or_wrong_token_is_401(
         headers = {"content-type": "application/json"}
         if authorization is not None:
             headers["authorization"] = authorization
-        body = json.dumps(campaign_body()).encode() if method == "POST" else None
-        return await client.request(method, path, content=body, headers=headers)
+        body = {**campaign_body(), "numbers": NUMBERS, "state": "failed"}
+        content = json.dumps(body).encode() if method != "GET" else None
+        return await client.request(method, path, content=content, headers=headers)
 
     response = run(server, steps, celery=celery)
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json() == {"error": "missing or wrong bearer token"}
     assert API_TOKEN not in response.text
     assert stored_campaigns(sync_redis) == [cid.encode()] and celery.sent == []
     assert sync_redis.hget(keys.campaign(cid), "state") == b"active"
+    assert sync_redis.get(keys.optout_count()) is None
 
 
 def test_bearer_scheme_is_case_insensitive(server, sync_redis) -> None:
@@ -721,7 +748,7 @@ def test_unknown_paths_and_methods_answer_json(server) -> None:
     async def steps(client: httpx.AsyncClient, _: Ledger) -> list[httpx.Response]:
         return [
             await client.get("/v2/campaigns", headers=AUTH),
-            await client.delete("/v1/campaigns/c1", headers=AUTH),
+            await client.put(f"/v1/campaigns/{ABSENT}", headers=AUTH),
         ]
 
     missing, wrong_method = run(server, steps)
@@ -729,3 +756,27 @@ def test_unknown_paths_and_methods_answer_json(server) -> None:
     assert wrong_method.status_code == 405 and wrong_method.json() == {
         "error": "Method Not Allowed"
     }
+
+
+def test_a_bug_answers_json_500_without_a_traceback(server, monkeypatch) -> None:
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug with a secret detail")
+
+    monkeypatch.setattr(http_common.Ledger, "status", broken)
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await client.get(f"/v1/campaigns/{ABSENT}", headers=AUTH)
+
+    response = run(server, steps, raise_app_exceptions=False)
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error; see the API's log"}
+
+
+def test_a_malformed_trunk_setting_is_a_json_500_naming_it(server, sync_redis) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await post_json(client, campaign_body())
+
+    response = run(server, steps, cfg=api_settings(trunk_names="Not A Name"))
+    assert response.status_code == 500
+    assert response.json()["error"].startswith("configuration error: SMSQ_TRUNKS")
+    assert stored_campaigns(sync_redis) == []

@@ -1,0 +1,140 @@
+"""The opt-out list through the HTTP API (as `smsq optout`), and POST /v1/inbound, which
+turns a recipient's STOP or START reply, forwarded by the user's inbound-SMS handler, into
+a change of the list.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from producer.http_common import (
+    Api,
+    ApiError,
+    check_fields,
+    check_query,
+    indexed,
+    log,
+    read_json,
+    required_string,
+    stream,
+    string_list,
+)
+from producer.numbers import InvalidNumber, NumbersResult, normalize, normalize_many
+
+# Replies that take a number off (or back onto) the sending list: the keywords carriers and
+# the CTIA guidelines recognise, compared with the first word casefolded, punctuation dropped.
+STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "optout"})
+START_WORDS = frozenset({"start", "unstop", "yes", "optin"})
+# Numbers per chunk of GET /v1/optouts?export=1.
+EXPORT_CHUNK_NUMBERS = 10_000
+# ?export= values, as people write a flag.
+FLAG_VALUES = {"1": True, "true": True, "0": False, "false": False, "": False}
+
+
+def keyword_action(text: str) -> str:
+    """What a reply asks: "opted_out" (a stop word), "opted_in" (a start word) or "none",
+    by its first word, case-insensitive, punctuation dropped ("Stop." and "opt-out" count)."""
+    for word in text.split():
+        bare = "".join(ch for ch in word if not unicodedata.category(ch).startswith("P"))
+        if not bare:
+            continue  # a word of punctuation only ("--"): look at the next one
+        bare = bare.casefold()
+        if bare in STOP_WORDS:
+            return "opted_out"
+        if bare in START_WORDS:
+            return "opted_in"
+        return "none"
+    return "none"
+
+
+def _number(raw: str, what: str) -> str:
+    try:
+        return normalize(raw)
+    except InvalidNumber as exc:
+        raise ApiError(422, f"{what}: invalid number {raw!r}: {exc.reason}") from None
+
+
+async def get_optouts(request: Request, api: Api) -> Response:
+    check_query(request, ("export",))
+    flag = request.query_params.get("export", "").strip().lower()
+    if flag not in FLAG_VALUES:
+        raise ApiError(422, f"export: must be 1 or 0, not {flag!r}")
+    if not FLAG_VALUES[flag]:
+        return JSONResponse({"count": await api.ledger.optout_count()})
+    return StreamingResponse(
+        stream(_lines(api.ledger.optout_numbers()), "optouts_export"), media_type="text/plain"
+    )
+
+
+async def _lines(numbers: AsyncIterator[str]) -> AsyncIterator[str]:
+    chunk: list[str] = []
+    async for number in numbers:
+        chunk.append(number)
+        if len(chunk) >= EXPORT_CHUNK_NUMBERS:
+            yield "\n".join(chunk) + "\n"
+            chunk = []
+    if chunk:
+        yield "\n".join(chunk) + "\n"
+
+
+async def _numbers(request: Request) -> NumbersResult:
+    """The body's `numbers`, normalised and de-duplicated; 422 when none is valid."""
+    doc = await read_json(request)
+    check_fields(doc, ("numbers",), ())
+    found = normalize_many(string_list(doc, "numbers"))
+    if not found.numbers:
+        raise ApiError(
+            422,
+            f"no valid number ({len(found.rejections)} rejected)",
+            **_rejected(found),
+        )
+    return found
+
+
+def _rejected(found: NumbersResult) -> dict[str, Any]:
+    return {"rejected": indexed(found.rejections), "rejected_count": len(found.rejections)}
+
+
+async def add_optouts(request: Request, api: Api) -> Response:
+    found = await _numbers(request)
+    added = await api.ledger.optout_change("add", found.numbers)
+    log.info("optouts_added", added=added, rejected=len(found.rejections))
+    return JSONResponse(
+        {"added": added, "already_listed": len(found.numbers) - added, **_rejected(found)}
+    )
+
+
+async def remove_optouts(request: Request, api: Api) -> Response:
+    found = await _numbers(request)
+    removed = await api.ledger.optout_change("remove", found.numbers)
+    log.info("optouts_removed", removed=removed, rejected=len(found.rejections))
+    return JSONResponse(
+        {"removed": removed, "not_listed": len(found.numbers) - removed, **_rejected(found)}
+    )
+
+
+async def get_optout(request: Request, api: Api) -> Response:
+    number = _number(str(request.path_params["number"]), "number")
+    [listed] = await api.ledger.optout_contains([number])
+    return JSONResponse({"number": number, "opted_out": listed})
+
+
+async def inbound(request: Request, api: Api) -> Response:
+    doc = await read_json(request)
+    check_fields(doc, ("source", "text"), ())
+    number = _number(required_string(doc, "source"), "source")
+    text = required_string(doc, "text")
+    action = keyword_action(text)
+    changed = False
+    if action == "opted_out":
+        changed = await api.ledger.optout_change("add", [number]) > 0
+    elif action == "opted_in":
+        changed = await api.ledger.optout_change("remove", [number]) > 0
+    # No number in the log: a reply's sender is personal data.
+    log.info("inbound_reply", action=action, changed=changed)
+    return JSONResponse({"action": action, "number": number, "changed": changed})

@@ -144,8 +144,8 @@ def _dest(destination: str) -> bytes:
     return int(destination).to_bytes(7, "big")
 
 
-def unpack(index: int, raw: bytes) -> Record:
-    state, attempts, fragments, flags, code, dest, t1, t2, id_key = RECORD.unpack(raw)
+def _record(index: int, fields: tuple[int, int, int, int, int, bytes, int, int, bytes]) -> Record:
+    state, attempts, fragments, flags, code, dest, t1, t2, key = fields
     return Record(
         index,
         STATE_OF_CODE[state],
@@ -156,26 +156,18 @@ def unpack(index: int, raw: bytes) -> Record:
         None if code == 0 else code - 1,
         t1,
         t2,
-        id_key,
+        key,
     )
+
+
+def unpack(index: int, raw: bytes) -> Record:
+    return _record(index, RECORD.unpack(raw))
 
 
 def iter_batch(first_index: int, data: bytes) -> Iterator[Record]:
     """Every record of a batch string whose first message has index first_index."""
     for offset, fields in enumerate(RECORD.iter_unpack(data)):
-        state, attempts, fragments, flags, code, dest, t1, t2, id_key = fields
-        yield Record(
-            first_index + offset,
-            STATE_OF_CODE[state],
-            str(int.from_bytes(dest, "big")),
-            attempts,
-            fragments,
-            flags,
-            None if code == 0 else code - 1,
-            t1,
-            t2,
-            id_key,
-        )
+        yield _record(first_index + offset, fields)
 
 
 def id_key(didww_id: str) -> tuple[bytes, bool]:

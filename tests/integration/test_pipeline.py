@@ -7,6 +7,7 @@ import collections
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ops.stack import max_in_any_window
 from tests.integration.conftest import SOURCE, write_numbers
@@ -15,6 +16,7 @@ CAMPAIGN_SIZE = 1200
 RATE_PER_S = 150
 
 
+@pytest.mark.serial
 def test_campaign_reaches_didww_once_per_number_within_the_rate(make_stack, tmp_path: Path):
     stack = make_stack(rate_per_s=RATE_PER_S)
     stack.start_callbacks()

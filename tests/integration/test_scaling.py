@@ -38,6 +38,7 @@ def logged(log: str, event: str) -> list[dict]:
     return [entry for entry in lines if entry.get("event") == event]
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(180)
 def test_four_workers_share_one_campaign_and_one_rate(make_stack, tmp_path: Path):
     stack = make_stack(rate_per_s=RATE_PER_S)

@@ -29,6 +29,7 @@ def arrivals(stack: TestStack, numbers: set[str], url: str | None = None) -> lis
     return sorted(m["arrived_at"] for m in messages if m["destination"] in numbers)
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(120)
 def test_a_scheduled_campaign_starts_on_time_and_can_be_moved_or_cancelled(
     make_stack, tmp_path: Path
@@ -76,6 +77,7 @@ def test_a_scheduled_campaign_starts_on_time_and_can_be_moved_or_cancelled(
     assert zoneless.returncode == 2 and "time zone" in zoneless.stderr
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(150)
 def test_a_schedule_survives_a_restart_of_workers_and_redis(make_stack, tmp_path: Path):
     stack = make_stack(rate_per_s=200, appendonly=True)
@@ -172,6 +174,7 @@ def _second_simulator(stack: TestStack, username: str, password: str, token: str
     return url
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(180)
 def test_two_trunks_keep_their_own_credentials_rates_and_halts(make_stack, tmp_path: Path):
     eu = {

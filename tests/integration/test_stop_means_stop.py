@@ -39,6 +39,7 @@ def slow_stack(make_stack, **env: str) -> TestStack:
     return stack
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(180)
 def test_a_401_stops_every_worker_with_only_the_requests_already_written(
     make_stack, tmp_path: Path
@@ -72,6 +73,7 @@ def test_a_401_stops_every_worker_with_only_the_requests_already_written(
     assert set(accepted) == set(numbers) and set(accepted.values()) == {1}
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("command", ["pause", "cancel"])
 @pytest.mark.timeout(180)
 def test_pause_and_cancel_stop_requests_at_once(make_stack, tmp_path: Path, command: str):
@@ -106,6 +108,7 @@ def test_pause_and_cancel_stop_requests_at_once(make_stack, tmp_path: Path, comm
     assert set(accepted.values()) == {1}
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(240)
 def test_a_killed_worker_leaves_unknown_only_the_requests_it_had_written(
     make_stack, tmp_path: Path

@@ -1,15 +1,20 @@
 """The callback ingester: an ASGI app that turns DIDWW status callbacks into ledger updates
 and events. POST /callbacks?token=<the trunk's callback token> (SMSQ_CALLBACK_TOKEN for the
-trunk `default`, SMSQ_TRUNK_<NAME>_CALLBACK_TOKEN for the others).
+trunk `default`, SMSQ_TRUNK_<NAME>_CALLBACK_TOKEN for the others). GET /metrics: on this
+port, or with SMSQ_CALLBACKS_METRICS_PORT on that one only; SMSQ_METRICS_TOKEN protects it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from functools import partial
 
 import structlog
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -19,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from callbacks.document import InvalidCallback, parse
-from callbacks.metrics import CALLBACKS, exposition
+from callbacks.metrics import CALLBACKS, Cached, exposition, observe_callback_lag, redis_figures
 from ledger.settings import Settings
 from ledger.store import Ledger
 from ledger.web import BodyTooLarge, read_limited
@@ -36,7 +41,42 @@ def _error(status: int, title: str, detail: str) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type="application/vnd.api+json")
 
 
-def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
+class _MetricsServer(uvicorn.Server):
+    """A second uvicorn server in the ingester's process, for /metrics alone: the main server
+    owns the signals and stops this one from its lifespan."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@asynccontextmanager
+async def _serving(app: Starlette, listener: socket.socket) -> AsyncIterator[None]:
+    """Serve app on the listening socket until the block ends."""
+    config = uvicorn.Config(
+        app, lifespan="off", access_log=False, log_config=None, server_header=False
+    )
+    server = _MetricsServer(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()  # it stopped before serving: its error stops the ingester's start too
+    host, port = listener.getsockname()[:2]
+    log.info("metrics_served", host=host, port=port)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+def create_app(
+    settings: Settings, redis: Redis | None = None, metrics_listener: socket.socket | None = None
+) -> Starlette:
+    """The ingester. With SMSQ_CALLBACKS_METRICS_PORT set, its port answers 404 for /metrics,
+    which a second server in this process serves on metrics_listener (python -m callbacks
+    binds it) while the app runs."""
     # Each trunk's token; a callback says which trunk it is for by the one it carries.
     tokens = [
         (trunk.callback_token.get_secret_value().encode(), name)
@@ -57,7 +97,13 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = redis or Redis.from_url(settings.redis_url, health_check_interval=30)
         app.state.ledger = Ledger(client, settings)
-        yield
+        app.state.figures = Cached(
+            partial(redis_figures, app.state.ledger), settings.metrics_cache_s
+        )
+        async with AsyncExitStack() as stack:
+            if metrics_listener is not None:
+                await stack.enter_async_context(_serving(metrics_app, metrics_listener))
+            yield
         if redis is None:
             await client.aclose()
 
@@ -91,6 +137,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             CALLBACKS.labels(status, "unavailable").inc()
             return _error(503, "Service Unavailable", "could not store the callback")
         CALLBACKS.labels(status, outcome).inc()
+        observe_callback_lag(trunk, update.event.get("time_end"))
         log.info(
             "callback_handled",
             didww_id=update.didww_id,
@@ -103,19 +150,37 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
+    metrics_token = settings.metrics_token.get_secret_value().encode()
+
     async def metrics(request: Request) -> Response:
+        if metrics_token:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), metrics_token
+            ):
+                log.warning("metrics_unauthorized")
+                return Response(
+                    "unauthorized\n",
+                    status_code=401,
+                    media_type="text/plain",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         try:
-            body = await exposition(request.app.state.ledger)
+            figures = await app.state.figures.get()
         except RedisError as exc:
             log.error("metrics_unavailable", error=str(exc))
             return Response("redis unavailable\n", status_code=503, media_type="text/plain")
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(figures), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
+    metrics_route = Route("/metrics", metrics, methods=["GET"])
+    separate = settings.callbacks_metrics_port != 0
+    metrics_app = Starlette(routes=[metrics_route])
+    app = Starlette(
         routes=[
             Route("/callbacks", receive, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            *([] if separate else [metrics_route]),
         ],
         lifespan=lifespan,
     )
+    return app

@@ -1,30 +1,52 @@
 """GET /metrics on the callbacks service: the figures that live in Redis (messages by state,
-queue depth, the oldest queued message's age, callbacks, the events stream), read at scrape
-time, plus this process's own callback counters. Worker figures (API latency, retries,
-rate-limiter waits) come from each worker's own endpoint (worker/metrics.py).
+queues, overdue campaigns, trunks, Redis memory), read at most once per SMSQ_METRICS_CACHE_S,
+and this process's own callback counters and lag. Worker figures come from worker/metrics.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from ledger import keys
+from ledger.callback_store import utc_seconds
 from ledger.dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE
-from ledger.states import ALL_STATES, State
+from ledger.hotpath import RateParams
+from ledger.states import ALL_STATES, CampaignState, State
 from ledger.store import Ledger
+
+T = TypeVar("T")
 
 # Messages by state are summed over this many most recent campaigns, so a scrape stays a
 # few milliseconds however many campaigns Redis holds.
 RECENT_CAMPAIGNS = 1000
+# The most overdue campaigns shown by id: enough to act on, and a backlog of late campaigns
+# cannot flood Prometheus with series.
+OVERDUE_SHOWN = 10
+# A callback's time_end this far ahead of our clock is a bad time, not clock drift: not observed.
+MAX_CLOCK_SKEW_S = 60.0
+# Nor one this far behind: DIDWW retries a callback for about a day, and the ledger forgets a
+# DIDWW id after a week (SMSQ_DIDWW_ID_TTL_S's default).
+MAX_LAG_S = 7 * 24 * 3600.0
+# What the scrape reads of each campaign's hash.
+CAMPAIGN_FIELDS = ("created_at", "send_at", "state", "trunk", "segments", "window", "priority")
+# Messages that went (or are going) out to DIDWW, so spent the trunk's rate.
+POSTED = tuple(
+    s
+    for s in ALL_STATES
+    if s not in (State.QUEUED, State.CANCELLED, State.EXPIRED, State.SUPPRESSED)
+)
 
-# This process's own counters (one per ingester process; Prometheus sums them).
+# This process's own figures (one set per ingester process; Prometheus sums them).
 REGISTRY = CollectorRegistry()
 CALLBACKS = Counter(
     "smsq_callbacks",
@@ -32,42 +54,174 @@ CALLBACKS = Counter(
     ["status", "outcome"],
     registry=REGISTRY,
 )
+CALLBACK_LAG_SECONDS = Histogram(
+    "smsq_callback_lag_seconds",
+    "From DIDWW's time_end of a message to its stored callback, by trunk",
+    ["trunk"],
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 86400),
+    registry=REGISTRY,
+)
+
+
+def observe_callback_lag(trunk: str, time_end: Any, now: float | None = None) -> None:
+    """Observe how long after DIDWW's time_end a stored callback came; a missing or unreadable
+    time, or one too far from our clock, is not observed."""
+    ended = utc_seconds(time_end)
+    if ended is None:
+        return
+    lag_s = (time.time() if now is None else now) - ended
+    if not -MAX_CLOCK_SKEW_S <= lag_s <= MAX_LAG_S:
+        return
+    CALLBACK_LAG_SECONDS.labels(trunk).observe(max(0.0, lag_s))
+
+
+class Cached(Generic[T]):
+    """An async read's result, kept for max_age_s from when the read began. Concurrent callers
+    share one read; a failed read is not kept, so the next caller reads again."""
+
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[T]],
+        max_age_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._value: T | None = None
+        self._read_at = float("-inf")
+        self._reading: asyncio.Task[T] | None = None
+
+    async def get(self) -> T:
+        if self._value is not None and self._clock() - self._read_at < self._max_age_s:
+            return self._value
+        if self._reading is None:
+            self._reading = asyncio.create_task(self._refresh())
+            # Retrieved here too, so a failure nobody awaited any more is not logged as lost.
+            self._reading.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # Shielded: a scrape that goes away does not cancel the read the others wait for.
+        return await asyncio.shield(self._reading)
+
+    async def _refresh(self) -> T:
+        started = self._clock()
+        try:
+            value = await self._read()
+        finally:
+            self._reading = None
+        self._value, self._read_at = value, started
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Campaign:
+    """What the scrape needs of one campaign."""
+
+    cid: str
+    counts: dict[str, int]
+    fields: dict[str, str]
+
+    @property
+    def start(self) -> float:
+        """When it was due to begin: its send_at, or its creation."""
+        return float(self.fields["send_at"] or self.fields["created_at"] or 0)
+
+    def sending(self, now: float) -> bool:
+        """Posting its queued messages now (not paused, cancelled, not yet due, nor held to
+        quiet hours, whose pace its expected finish cannot know)."""
+        state = self.fields["state"] or CampaignState.ACTIVE
+        if state == CampaignState.SCHEDULED:
+            return self.start <= now and not self.fields["window"]
+        return state == CampaignState.ACTIVE and not self.fields["window"]
+
+
+def _overdue(
+    campaigns: list[_Campaign], paced_per_s: dict[str, float], by_segment: bool, now: float
+) -> list[tuple[str, str, float]]:
+    """(trunk, campaign, seconds past its expected finish) for each campaign still sending with
+    messages queued after the time its trunk, at its paced rate, would have posted them.
+
+    A trunk's campaigns share its rate and their batches are handed out in order, so each
+    campaign's expected finish follows the ones begun before it on the same trunk:
+    finish = max(start, previous finish) + its messages / paced rate, counting only the
+    messages that spend the rate (posted or still to post). Priority campaigns go ahead of
+    the others and form their own line.
+    """
+    finish: dict[tuple[str, bool], float] = {}
+    overdue = []
+    for c in sorted(campaigns, key=lambda c: (c.start, float(c.fields["created_at"] or 0))):
+        trunk = c.fields["trunk"] or "default"
+        per_s = paced_per_s.get(trunk)
+        if per_s is None or not 0 < c.start <= now:
+            continue  # a trunk no longer configured, an unreadable hash, or not begun
+        sending = c.sending(now)
+        queued = c.counts.get(State.QUEUED, 0)
+        messages = sum(c.counts.get(s, 0) for s in POSTED) + (queued if sending else 0)
+        units = messages * (max(1, int(c.fields["segments"] or 1)) if by_segment else 1)
+        line = (trunk, c.fields["priority"] == "1")
+        finish[line] = max(c.start, finish.get(line, 0.0)) + units / per_s
+        if sending and queued > 0 and now > finish[line]:
+            overdue.append((trunk, c.cid, now - finish[line]))
+    return overdue
+
+
+async def _redis_memory(redis: Redis) -> tuple[int, int] | None:
+    """(used_memory, maxmemory) in bytes; None where INFO is refused (an ACL, a proxy)."""
+    try:
+        info = await redis.info("memory")
+    except ResponseError:
+        return None
+    return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
 
 async def redis_figures(ledger: Ledger) -> dict[str, Any]:
     """Everything the scrape reports from Redis, in few round trips."""
     redis: Redis = ledger.redis
+    settings = ledger.settings
     cids = [c.decode() for c in await redis.zrevrange(keys.campaigns(), 0, RECENT_CAMPAIGNS - 1)]
     pipe = redis.pipeline(transaction=False)
     for cid in cids:
         pipe.hgetall(keys.counts(cid))
-        pipe.hget(keys.campaign(cid), "created_at")
+        pipe.hmget(keys.campaign(cid), CAMPAIGN_FIELDS)
     pipe.llen(CAMPAIGN_QUEUE)
     pipe.llen(PRIORITY_QUEUE)
     pipe.xlen(ledger.stream)
     replies = await pipe.execute()
+    now = time.time()
+    campaigns = []
     by_state = dict.fromkeys(map(str, ALL_STATES), 0)
     oldest = None
-    for i in range(len(cids)):
+    for i, cid in enumerate(cids):
         counts = {k.decode(): int(v) for k, v in replies[2 * i].items()}
+        values = replies[2 * i + 1]
+        fields = {n: (v or b"").decode() for n, v in zip(CAMPAIGN_FIELDS, values, strict=True)}
+        campaign = _Campaign(cid, counts, fields)
+        campaigns.append(campaign)
         for state, n in counts.items():
             by_state[state] = by_state.get(state, 0) + n
-        created = replies[2 * i + 1]
-        if counts.get(State.QUEUED, 0) > 0 and created is not None:
-            oldest = min(oldest or float(created), float(created))
-    trunks = {name: await ledger.trunk_status(name) for name in ledger.settings.trunks()}
+        # A campaign waiting for its send_at is not late: its queue age counts from then.
+        if counts.get(State.QUEUED, 0) > 0 and 0 < campaign.start <= now:
+            oldest = min(oldest or campaign.start, campaign.start)
+    paced = {
+        name: RateParams.of(trunk.rate_limit, settings.rate_headroom).per_s
+        for name, trunk in settings.trunks().items()
+    }
+    overdue = _overdue(campaigns, paced, settings.rate_unit == "segment", now)
+    trunks = {name: await ledger.trunk_status(name) for name in settings.trunks()}
     first = next(iter(trunks.values()))
     campaign_tasks, priority_tasks, stream_length = replies[2 * len(cids) :]
     return {
         "by_state": by_state,
         "queue_depth": {CAMPAIGN_QUEUE: campaign_tasks, PRIORITY_QUEUE: priority_tasks},
         "parked": first.parked_batches,
-        "oldest_queued_age_s": time.time() - oldest if oldest is not None else 0.0,
+        "oldest_queued_age_s": now - oldest if oldest is not None else 0.0,
+        "overdue": overdue,
+        "trunks": list(trunks),
         "orphans_waiting": first.orphans_waiting,
         "stats": first.stats,
         "stream_length": stream_length,
         "halted": {name: t.halted is not None for name, t in trunks.items()},
         "backing_off": {name: t.backoff is not None for name, t in trunks.items()},
+        "redis_memory": await _redis_memory(redis),
     }
 
 
@@ -92,9 +246,10 @@ class _Figures(Collector):
         yield GaugeMetricFamily("smsq_parked_batches", "Batches parked", value=f["parked"])
         yield GaugeMetricFamily(
             "smsq_oldest_queued_age_seconds",
-            "Age of the oldest campaign that still has queued messages",
+            "Age of the oldest campaign that still has queued messages, from its send_at if set",
             value=f["oldest_queued_age_s"],
         )
+        yield from self._overdue()
         yield GaugeMetricFamily(
             "smsq_orphan_callbacks_waiting",
             "Callbacks for DIDWW ids not (yet) known, kept to be joined",
@@ -126,9 +281,40 @@ class _Figures(Collector):
         for trunk, value in f["backing_off"].items():
             backing_off.add_metric([trunk], int(value))
         yield backing_off
+        if f["redis_memory"] is not None:
+            used, limit = f["redis_memory"]
+            yield GaugeMetricFamily(
+                "smsq_redis_used_memory_bytes", "Memory Redis uses (INFO used_memory)", value=used
+            )
+            yield GaugeMetricFamily(
+                "smsq_redis_maxmemory_bytes",
+                "Redis's maxmemory (0: no limit); past it, with noeviction, writes fail",
+                value=limit,
+            )
+
+    def _overdue(self) -> Iterator[Metric]:
+        overdue = self.f["overdue"]
+        count = GaugeMetricFamily(
+            "smsq_campaigns_overdue",
+            "Campaigns still sending with messages queued past their expected finish, by trunk",
+            labels=["trunk"],
+        )
+        for trunk in self.f["trunks"]:
+            count.add_metric([trunk], sum(1 for t, _, _ in overdue if t == trunk))
+        yield count
+        seconds = GaugeMetricFamily(
+            "smsq_campaign_overdue_seconds",
+            f"How far past its expected finish a campaign with queued messages is (the "
+            f"{OVERDUE_SHOWN} most overdue)",
+            labels=["trunk", "campaign"],
+        )
+        for trunk, cid, overdue_s in sorted(overdue, key=lambda o: -o[2])[:OVERDUE_SHOWN]:
+            seconds.add_metric([trunk, cid], overdue_s)
+        yield seconds
 
 
-async def exposition(ledger: Ledger) -> bytes:
+def exposition(figures: dict[str, Any]) -> bytes:
+    """The page: the Redis figures as read, and this process's counters as they are now."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Figures(await redis_figures(ledger)))
+    registry.register(_Figures(figures))
     return generate_latest(registry) + generate_latest(REGISTRY)

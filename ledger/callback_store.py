@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from ledger.store import Ledger
 
 
-def _seconds(value: Any) -> float | None:
+def utc_seconds(value: Any) -> float | None:
+    """A DIDWW time (ISO 8601) in Unix seconds; None when missing or unreadable."""
     if not isinstance(value, str):
         return None
     try:
@@ -39,13 +40,16 @@ class CallbackUpdate:
     def started_at(self) -> float:
         """DIDWW's time_start in Unix seconds; now when it is missing or unreadable (the
         callback then still matches an unknown message posted within the match window)."""
-        started = _seconds(self.event.get("time_start"))
+        started = utc_seconds(self.event.get("time_start"))
         return time.time() if started is None else started
 
     @property
     def duration_s(self) -> int:
         """Seconds from time_start to time_end, 0 when either is missing."""
-        start, end = _seconds(self.event.get("time_start")), _seconds(self.event.get("time_end"))
+        start, end = (
+            utc_seconds(self.event.get("time_start")),
+            utc_seconds(self.event.get("time_end")),
+        )
         return max(0, round(end - start)) if start is not None and end is not None else 0
 
 

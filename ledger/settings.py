@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Each worker's main process serves Prometheus metrics for all its pool processes here.
     metrics_port: int = Field(9808, ge=1, le=65535)
+    # The callbacks service reads its /metrics figures from Redis at most once per this long.
+    metrics_cache_s: float = Field(5.0, ge=0, le=300)
+    # The callbacks service serves /metrics on this port only (0: on its main port, as before).
+    callbacks_metrics_port: int = Field(0, ge=0, le=65535)
+    # Bearer token the callbacks service's /metrics asks for (empty: it asks for none).
+    metrics_token: SecretStr = SecretStr("")
 
     _trunks: dict[str, TrunkConfig] | None = None
 
@@ -223,6 +229,7 @@ class Settings(BaseSettings):
             self.didww_password.get_secret_value(),
             self.callback_token.get_secret_value(),
             self.api_token.get_secret_value(),
+            self.metrics_token.get_secret_value(),
         ]
         try:
             for trunk in self.trunks().values():

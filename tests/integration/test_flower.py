@@ -113,7 +113,7 @@ def test_flower_shows_workers_and_batches_without_secrets(make_stack, tmp_path: 
         assert not leaked, f"{path} shows recipients, e.g. {leaked[:3]}"
 
     # The UI and the API need the login; /metrics and /healthcheck stay open for Prometheus
-    # and health checks (ops/prometheus.yml keeps no Flower password for that reason).
+    # and health checks (ops/prometheus/prometheus.yml keeps no Flower password for that reason).
     for path in ("/api/tasks", "/api/workers", "/"):
         assert httpx.get(f"{url}{path}").status_code == 401, path
         wrong = httpx.get(f"{url}{path}", auth=(LOGIN[0], "wrong"))

@@ -1,6 +1,7 @@
 """The production packaging: docker-compose.yml is valid for a compose tool (which needs no
 Docker engine to check it), will not start Flower without a password, and runs only commands
-this project has; ops/Dockerfile, .env.example, .dockerignore and ops/prometheus.yml agree."""
+this project has; ops/Dockerfile, .env.example, .dockerignore, ops/prometheus/ and ops/grafana/
+agree."""
 
 from __future__ import annotations
 
@@ -201,7 +202,7 @@ def _check_python_module(name: str, argv: list[str]) -> None:
 @needs_tool
 def test_compose_file_is_valid_and_has_every_service(config: dict[str, Any]) -> None:
     assert set(config["services"]) == {
-        "redis", "worker", "flower", "callbacks", "api", "simulator", "prometheus",
+        "redis", "worker", "flower", "callbacks", "api", "simulator", "prometheus", "grafana",
     }  # fmt: skip
     assert set(_smsq_services(config)) == {"worker", "flower", "callbacks", "api", "simulator"}
     for name, service in _smsq_services(config).items():
@@ -279,10 +280,13 @@ def test_workers_scale_with_a_name_each(config: dict[str, Any]) -> None:
 
 
 @needs_tool
-def test_only_the_simulator_and_prometheus_wait_for_a_profile(config: dict[str, Any]) -> None:
+def test_only_the_simulator_prometheus_and_grafana_wait_for_a_profile(
+    config: dict[str, Any],
+) -> None:
     profiles = {name: s.get("profiles", []) for name, s in config["services"].items()}
     assert profiles.pop("simulator") == ["sim"]
     assert profiles.pop("prometheus") == ["metrics"]
+    assert profiles.pop("grafana") == ["metrics"]
     assert all(not p for p in profiles.values()), profiles
     simulator = _argv(config["services"]["simulator"])
     assert "http://callbacks:8080/callbacks?token=" in " ".join(simulator)
@@ -368,7 +372,9 @@ def test_env_example_lists_every_setting_with_valid_values() -> None:
 
 
 def test_prometheus_scrapes_every_replica_flower_and_the_ingester() -> None:
-    scrape = _load_yaml((ROOT / "ops" / "prometheus.yml").read_text())["scrape_configs"]
+    scrape = _load_yaml((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())[
+        "scrape_configs"
+    ]
     jobs = {job["job_name"]: job for job in scrape}
     workers = jobs["smsq-worker"]["dns_sd_configs"]
     assert workers == [{"names": ["worker"], "type": "A", "port": 9808, "refresh_interval": "15s"}]
@@ -376,3 +382,56 @@ def test_prometheus_scrapes_every_replica_flower_and_the_ingester() -> None:
         target for job in scrape for c in job.get("static_configs", []) for target in c["targets"]
     }
     assert targets == {"flower:5555", "callbacks:8080"}
+
+
+def _ops_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> the checkout's file or folder, for each of a service's bind mounts of
+    ops/ (the tool prints their sources as absolute paths in the project it ran in)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            source, target = volume["source"], volume["target"]
+        else:
+            source, target = volume.split(":")[:2]
+        if "/ops/" in source:
+            found[target] = ROOT / "ops" / source.split("/ops/", 1)[1]
+    return found
+
+
+def _host_ips(service: dict[str, Any]) -> set[str]:
+    """The host addresses a service's ports are published on (v2 prints objects, v1 text)."""
+    return {
+        str(port["host_ip"]) if isinstance(port, dict) else str(port).rsplit(":", 2)[0]
+        for port in service["ports"]
+    }
+
+
+@needs_tool
+def test_prometheus_loads_the_scrape_config_and_the_alerts(config: dict[str, Any]) -> None:
+    prometheus = config["services"]["prometheus"]
+    mounts = _ops_mounts(prometheus)
+    config_file = mounts["/etc/prometheus/prometheus.yml"]
+    assert config_file == ROOT / "ops" / "prometheus" / "prometheus.yml"
+    rule_files = _load_yaml(config_file.read_text())["rule_files"]
+    assert rule_files == ["alerts.yml"]
+    # Relative rule files are read beside the config file.
+    assert mounts["/etc/prometheus/alerts.yml"] == config_file.parent / "alerts.yml"
+    assert _host_ips(prometheus) == {"127.0.0.1"}
+
+
+@needs_tool
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(config: dict[str, Any]) -> None:
+    grafana = config["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert _host_ips(grafana) == {"127.0.0.1"}
+    mounts = _ops_mounts(grafana)
+    assert all(path.exists() for path in mounts.values()), mounts
+    datasources = mounts["/etc/grafana/provisioning/datasources"]
+    (source,) = _load_yaml((datasources / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert source["isDefault"] is True
+    dashboards = mounts["/etc/grafana/provisioning/dashboards"]
+    (provider,) = _load_yaml((dashboards / "smsq.yml").read_text())["providers"]
+    folder = provider["options"]["path"]
+    files = {target: path for target, path in mounts.items() if target.startswith(folder + "/")}
+    assert files == {f"{folder}/smsq-dashboard.json": ROOT / "ops/grafana/smsq-dashboard.json"}

@@ -1,0 +1,306 @@
+"""Tests for the figures the callbacks service's /metrics adds for alerts and the dashboard:
+campaigns past their expected finish, the oldest queued age, Redis memory and callback lag."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import fakeredis
+import fakeredis.aioredis
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from smsq_testing import TOKEN, make_settings, write_campaign
+
+from callbacks.app import create_app
+from callbacks.metrics import OVERDUE_SHOWN, REGISTRY, observe_callback_lag, redis_figures
+from ledger import keys
+from ledger.hotpath import RateParams
+from ledger.settings import Settings
+from ledger.states import CampaignState, State
+from ledger.store import Ledger
+
+# At SMSQ_RATE_LIMIT=1 and the default headroom, a trunk paces 0.98 messages a second.
+SLOW = {"rate_limit": 1}
+PACED_PER_S = RateParams.of(1, 0.98).per_s
+
+
+def campaign(sync: fakeredis.FakeRedis, messages: int, age_s: float, **fields: Any) -> str:
+    """A campaign of queued messages created age_s ago; fields overwrite its hash."""
+    options = {k: fields.pop(k) for k in ("state", "segments") if k in fields}
+    cid = write_campaign(sync, messages, **options)
+    sync.hset(keys.campaign(cid), mapping={"created_at": f"{time.time() - age_s:.3f}", **fields})
+    return cid
+
+
+def figures(server: fakeredis.FakeServer, cfg: Settings) -> dict[str, Any]:
+    async def read() -> dict[str, Any]:
+        redis = fakeredis.aioredis.FakeRedis(server=server)
+        try:
+            return await redis_figures(Ledger(redis, cfg))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(read())
+
+
+def overdue(server: fakeredis.FakeServer, cfg: Settings) -> dict[str, float]:
+    return {cid: seconds for _, cid, seconds in figures(server, cfg)["overdue"]}
+
+
+def page(server: fakeredis.FakeServer, cfg: Settings) -> dict[tuple[str, tuple[Any, ...]], float]:
+    async def scrape() -> str:
+        redis = fakeredis.aioredis.FakeRedis(server=server)
+        app = create_app(cfg, redis=redis)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://cb.test") as c:
+                text = (await c.get("/metrics")).text
+        await redis.aclose()
+        return text
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(asyncio.run(scrape()))
+        for s in family.samples
+    }
+
+
+# --- overdue campaigns
+
+
+def test_a_campaign_past_its_expected_finish_is_overdue(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    late = campaign(sync_redis, 3, age_s=100)
+    campaign(sync_redis, 3, age_s=1)
+    got = page(server, make_settings(**SLOW))
+    assert got[("smsq_campaigns_overdue", (("trunk", "default"),))] == 1
+    seconds = got[("smsq_campaign_overdue_seconds", (("campaign", late), ("trunk", "default")))]
+    assert seconds == pytest.approx(100 - 3 / PACED_PER_S, abs=5)
+    assert len([k for k in got if k[0] == "smsq_campaign_overdue_seconds"]) == 1
+
+
+def test_nothing_is_overdue_on_a_fresh_ledger(server: fakeredis.FakeServer) -> None:
+    got = page(server, make_settings())
+    assert got[("smsq_campaigns_overdue", (("trunk", "default"),))] == 0
+    assert not [k for k in got if k[0] == "smsq_campaign_overdue_seconds"]
+
+
+def test_campaigns_that_are_not_sending_are_not_overdue(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    future = f"{time.time() + 3600:.3f}"
+    campaign(sync_redis, 3, age_s=1000, state=CampaignState.PAUSED)
+    campaign(sync_redis, 3, age_s=1000, state=CampaignState.CANCELLED)
+    campaign(sync_redis, 3, age_s=1000, state=CampaignState.SCHEDULED, send_at=future)
+    campaign(sync_redis, 3, age_s=1000, window="09:00-20:00")
+    campaign(sync_redis, 3, age_s=1000, trunk="no-longer-configured")
+    done = campaign(sync_redis, 3, age_s=1000)
+    sync_redis.hset(keys.counts(done), mapping={State.QUEUED: 0, State.SENT: 3})
+    assert overdue(server, make_settings(**SLOW)) == {}
+
+
+def test_a_scheduled_campaign_is_due_from_its_send_at(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    send_at = f"{time.time() - 50:.3f}"
+    cid = campaign(sync_redis, 3, age_s=5000, state=CampaignState.SCHEDULED, send_at=send_at)
+    assert overdue(server, make_settings(**SLOW))[cid] == pytest.approx(50 - 3 / PACED_PER_S, abs=5)
+    got = figures(server, make_settings(**SLOW))
+    assert got["oldest_queued_age_s"] == pytest.approx(50, abs=5)
+
+
+def test_a_campaign_waiting_for_its_send_at_has_no_queue_age(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    future = f"{time.time() + 3600:.3f}"
+    campaign(sync_redis, 3, age_s=5000, state=CampaignState.SCHEDULED, send_at=future)
+    assert figures(server, make_settings())["oldest_queued_age_s"] == 0
+
+
+def test_a_trunks_campaigns_share_its_rate(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    # The first takes about 102 s at 0.98/s; the second, begun 10 s later, waits for it.
+    first = campaign(sync_redis, 100, age_s=50)
+    second = campaign(sync_redis, 2, age_s=40)
+    assert overdue(server, make_settings(**SLOW)) == {}
+    # Both much older: each is late, the second by about 2 s less than the first.
+    for cid, age_s in ((first, 1000), (second, 990)):
+        sync_redis.hset(keys.campaign(cid), "created_at", f"{time.time() - age_s:.3f}")
+    late = overdue(server, make_settings(**SLOW))
+    assert late[first] == pytest.approx(1000 - 100 / PACED_PER_S, abs=5)
+    assert late[second] == pytest.approx(late[first] - 2 / PACED_PER_S, abs=1)
+
+
+def test_messages_already_posted_spend_the_rate_and_cancelled_ones_do_not(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    first = campaign(sync_redis, 100, age_s=60)
+    second = campaign(sync_redis, 2, age_s=50)
+    # Half the first was posted, the rest cancelled: it held the trunk about 51 s.
+    sync_redis.hset(keys.counts(first), mapping={State.QUEUED: 0, State.SENT: 50})
+    sync_redis.hset(keys.counts(first), State.CANCELLED, 50)
+    assert second in overdue(server, make_settings(**SLOW))
+    # Had all of it been posted (102 s), the second would not be late yet.
+    sync_redis.hset(keys.counts(first), mapping={State.SENT: 100, State.CANCELLED: 0})
+    assert overdue(server, make_settings(**SLOW)) == {}
+
+
+def test_priority_campaigns_do_not_wait_for_the_others(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    campaign(sync_redis, 100, age_s=50)
+    urgent = campaign(sync_redis, 1, age_s=40, priority="1")
+    assert urgent in overdue(server, make_settings(**SLOW))
+
+
+def test_segments_count_when_the_rate_does(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    # 10 messages of 3 segments: 10 s by message, 31 s by segment.
+    cid = campaign(sync_redis, 10, age_s=20, segments=3)
+    assert cid in overdue(server, make_settings(**SLOW))
+    assert overdue(server, make_settings(**SLOW, rate_unit="segment")) == {}
+
+
+def test_only_the_most_overdue_campaigns_are_shown_by_id(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    ages = [1000 + 100 * i for i in range(OVERDUE_SHOWN + 2)]
+    cids = [campaign(sync_redis, 1, age_s=age) for age in ages]
+    got = page(server, make_settings(**SLOW))
+    assert got[("smsq_campaigns_overdue", (("trunk", "default"),))] == len(cids)
+    shown = {
+        dict(labels)["campaign"] for name, labels in got if name == "smsq_campaign_overdue_seconds"
+    }
+    # The two youngest (least overdue) are left out.
+    assert shown == set(cids[2:])
+
+
+# --- Redis memory
+
+
+def test_redis_memory_is_left_out_where_info_is_refused(
+    server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
+) -> None:
+    # fakeredis has no INFO, as a Redis behind a restrictive ACL or proxy may not.
+    got = page(server, make_settings())
+    assert ("smsq_messages", (("state", "queued"),)) in got
+    assert not [k for k in got if k[0].startswith("smsq_redis_")]
+
+
+def test_redis_memory_and_its_limit(redis_server: Any, real_redis: Any) -> None:
+    async def read() -> dict[str, Any]:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(redis_server.url)
+        try:
+            return await redis_figures(Ledger(redis, make_settings()))
+        finally:
+            await redis.aclose()
+
+    used, limit = asyncio.run(read())["redis_memory"]
+    assert used > 0
+    assert limit == int(real_redis.config_get("maxmemory")["maxmemory"])
+
+
+# --- callback lag
+
+
+def lag(trunk: str = "default") -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("smsq_callback_lag_seconds_count", {"trunk": trunk})
+    total = REGISTRY.get_sample_value("smsq_callback_lag_seconds_sum", {"trunk": trunk})
+    return count or 0.0, total or 0.0
+
+
+def iso(seconds_from_now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds_from_now))
+
+
+@pytest.mark.parametrize(
+    ("make_time_end", "observed", "seconds"),
+    [
+        (lambda: iso(-30), True, 30),
+        (lambda: iso(-30).removesuffix("Z"), True, 30),  # no zone: UTC
+        (lambda: iso(10), True, 0),  # a little ahead of our clock: no lag
+        (lambda: iso(3600), False, 0),  # far ahead: a bad time
+        (lambda: "2001-07-16T19:20:30.45Z", False, 0),  # years behind: a bad time too
+        (lambda: "yesterday", False, 0),
+        (lambda: None, False, 0),
+    ],
+    ids=["30s-ago", "no-zone", "ahead-10s", "ahead-1h", "years-ago", "unreadable", "missing"],
+)
+def test_a_stored_callback_observes_its_lag(
+    server: fakeredis.FakeServer,
+    make_time_end: Callable[[], str | None],
+    observed: bool,
+    seconds: float,
+) -> None:
+    cfg = make_settings()
+    time_end = make_time_end()
+    before = lag()
+    attributes: dict[str, Any] = {
+        "time_start": iso(-60),
+        "destination": "37060000000",
+        "source": "37041123456",
+        "status": "Success",
+        "code_id": None,
+        "fragments_sent": 1,
+    }
+    if time_end is not None:
+        attributes["time_end"] = time_end
+    doc = {
+        "data": {
+            "type": "outbound_message_callbacks",
+            "id": "8c5e1b2a-4f3d-4e6a-9b7c-0d1e2f3a4b5c",
+            "attributes": attributes,
+        }
+    }
+
+    async def post() -> httpx.Response:
+        redis = fakeredis.aioredis.FakeRedis(server=server)
+        app = create_app(cfg, redis=redis)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://cb.test") as c:
+                response = await c.post(
+                    f"/callbacks?token={TOKEN}",
+                    json=doc,
+                    headers={"Content-Type": "application/vnd.api+json"},
+                )
+        await redis.aclose()
+        return response
+
+    assert asyncio.run(post()).status_code == 200
+    count, total = lag()
+    assert count == before[0] + (1 if observed else 0)
+    assert total - before[1] == pytest.approx(seconds, abs=5)
+
+
+def test_a_refused_callback_observes_no_lag(server: fakeredis.FakeServer) -> None:
+    before = lag()
+
+    async def post() -> int:
+        redis = fakeredis.aioredis.FakeRedis(server=server)
+        app = create_app(make_settings(), redis=redis)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://cb.test") as c:
+                status = (await c.post(f"/callbacks?token={TOKEN}", content=b"{}")).status_code
+        await redis.aclose()
+        return status
+
+    assert asyncio.run(post()) == 415
+    assert lag() == before
+
+
+def test_lag_is_measured_from_time_end() -> None:
+    before = lag("lag-test")
+    observe_callback_lag("lag-test", "2030-01-01T00:00:00Z", now=1_893_456_000.0 + 42)
+    count, total = lag("lag-test")
+    assert (count - before[0], total - before[1]) == (1, 42)

@@ -12,24 +12,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from kombu.exceptions import OperationalError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ledger.errors import ConfigError, InputError, SmsqError
 from ledger.settings import Settings
 from ledger.store import Ledger
 from ledger.web import serve
+from producer import dashboard
 from producer import http_campaigns as creating
 from producer import http_control as existing
 from producer import http_optouts as optouts
 from producer.enqueue import Producer
-from producer.http_common import Api, ApiError, Handler, log
+from producer.http_common import Api, Handler, answer, log
 
 # Clients that see 503 may try again after this many seconds.
 RETRY_AFTER_S = 5
@@ -51,23 +49,7 @@ def _protected(handler: Handler, token: bytes) -> Callable[[Request], Awaitable[
             response = _error(401, "missing or wrong bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="smsq"'
             return response
-        try:
-            return await handler(request, request.app.state.api)
-        except ApiError as exc:
-            return _error(exc.status, exc.message, **exc.extra)
-        except (RedisError, OperationalError) as exc:
-            # Nothing was stored (a campaign stored but not all queued is a 202): a retry,
-            # with the same Idempotency-Key for a create, is safe.
-            log.error("api_redis_unavailable", path=request.url.path, error=str(exc))
-            return _error(503, "Redis is unavailable; try again later")
-        except InputError as exc:
-            return _error(422, str(exc))
-        except ConfigError as exc:
-            log.error("api_configuration_error", path=request.url.path, error=str(exc))
-            return _error(500, f"configuration error: {exc}")
-        except SmsqError as exc:
-            log.error("api_failed", path=request.url.path, error=str(exc))
-            return _error(500, str(exc))
+        return await answer(handler, request, _error)
 
     return endpoint
 
@@ -131,6 +113,8 @@ def create_app(
         for path, method, handler in ROUTES
     ]
     routes.append(Route("/healthz", _health, methods=["GET"]))
+    # The dashboard at / (docs/dashboard.md): its own session cookie, never the bearer token.
+    routes.extend(dashboard.routes(token))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ledger import keys
-from ledger.errors import InputError
+from ledger.errors import ConfigError, InputError, SmsqError
 from ledger.states import ALL_STATES, State
 from ledger.store import Ledger
 from ledger.web import BodyTooLarge, read_limited
@@ -56,6 +57,28 @@ class Api:
 
 
 Handler = Callable[[Request, Api], Awaitable[Response]]
+
+
+async def answer(handler: Handler, request: Request, error: Callable[..., Response]) -> Response:
+    """Run an endpoint's handler, mapping every failure to one answer made by
+    error(status, message, **extra_fields): the API's and the dashboard's, alike."""
+    try:
+        return await handler(request, request.app.state.api)
+    except ApiError as exc:
+        return error(exc.status, exc.message, **exc.extra)
+    except (RedisError, OperationalError) as exc:
+        # Nothing was stored (a campaign stored but not all queued is a 202): a retry, with
+        # the same Idempotency-Key for a create, is safe.
+        log.error("api_redis_unavailable", path=request.url.path, error=str(exc))
+        return error(503, "Redis is unavailable; try again later")
+    except InputError as exc:
+        return error(422, str(exc))
+    except ConfigError as exc:
+        log.error("api_configuration_error", path=request.url.path, error=str(exc))
+        return error(500, f"configuration error: {exc}")
+    except SmsqError as exc:
+        log.error("api_failed", path=request.url.path, error=str(exc))
+        return error(500, str(exc))
 
 
 async def read_json(request: Request) -> dict[str, Any]:

@@ -1,0 +1,308 @@
+"""The dashboard, served by the HTTP API at `/`: pages and assets from producer/static/, its
+sign-in (the API token, once, for a signed session cookie), CSRF checks, and its JSON under
+/dashboard/api/, which accepts the session cookie only (the /v1/ API the bearer token only).
+
+Session: ``{sid}.{expires}.{mac}`` in an HttpOnly, SameSite=Strict cookie, the MAC an HMAC
+with a key derived from SMSQ_API_TOKEN, so every API process behind a load balancer accepts
+it and changing the token ends every session. CSRF: an HMAC of the session id, in the page,
+required in the X-CSRF-Token header (or a `csrf` form field) of every request that changes
+something; the sign-in form carries one made from a nonce cookie the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from functools import cache
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+
+from ledger.states import ALL_STATES
+from ledger.web import BodyTooLarge, read_limited
+from producer import dashboard_data as data
+from producer import http_control as control
+from producer import report as reports
+from producer.http_common import Api, ApiError, Handler, answer, campaign_id, log, stream
+
+SESSION_COOKIE = "smsq_session"
+LOGIN_COOKIE = "smsq_login"
+CSRF_HEADER = "x-csrf-token"
+# A working day: a session outlives a lunch break, not a lost laptop for long.
+SESSION_TTL_S = 12 * 3600
+# Time to fill in the sign-in form once shown.
+LOGIN_TTL_S = 3600
+# A wrong token waits this long for its answer, so guessing one is slow.
+LOGIN_FAILURE_DELAY_S = 0.5
+# A sign-in or sign-out form is a token and a CSRF value: a few hundred bytes.
+MAX_FORM_BYTES = 4096
+# Separates this key's uses of the API token from any other.
+KEY_LABEL = b"smsq dashboard session key v1"
+REFUSED = "Sign-in failed: that token is not accepted."
+EXPIRED = "The sign-in form had expired; please sign in again."
+# Files under producer/static/ served at /dashboard/static/{name}, with their media types;
+# nothing else is (the page templates are rendered, not served).
+ASSETS = {
+    "dashboard.css": "text/css; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+# Every dashboard answer: nothing from elsewhere, never framed (the buttons cannot be
+# clicked through another site's page), nothing cached, no Referer leaves.
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+# Retry-After of a 503, as the /v1/ API answers it.
+RETRY_AFTER_S = 5
+
+
+@cache
+def _static(name: str) -> str:
+    return resources.files("producer").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def _render(name: str, **values: str) -> str:
+    """A page from producer/static/ with each {{name}} replaced by its value, escaped."""
+    page = _static(name)
+    for key, value in values.items():
+        page = page.replace("{{" + key + "}}", html.escape(value))
+    return page
+
+
+def _secured(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _error(status: int, message: str, **extra: Any) -> Response:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    body = {"error": message, **extra}
+    return _secured(JSONResponse(body, status_code=status, headers=headers))
+
+
+class Sessions:
+    """Signed session values and CSRF tokens, with a key derived from the API token."""
+
+    def __init__(
+        self, token: bytes, ttl_s: float = SESSION_TTL_S, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._token = token
+        self._key = hmac.new(token, KEY_LABEL, hashlib.sha256).digest()
+        self.ttl_s = ttl_s
+        self._clock = clock
+
+    def _mac(self, *parts: str) -> str:
+        return hmac.new(self._key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
+
+    def token_ok(self, given: str) -> bool:
+        # compare_digest takes the same time wherever the first difference is.
+        return hmac.compare_digest(given.strip().encode(), self._token)
+
+    def new(self) -> str:
+        sid = secrets.token_hex(16)
+        expires = str(int(self._clock() + self.ttl_s))
+        return f"{sid}.{expires}.{self._mac('session', sid, expires)}"
+
+    def session_id(self, value: str | None) -> str | None:
+        """The session id of a valid, unexpired cookie value; None otherwise."""
+        parts = (value or "").split(".")
+        if len(parts) != 3:
+            return None
+        sid, expires, mac = parts
+        if not (sid and expires.isdigit() and mac):
+            return None
+        if not hmac.compare_digest(mac, self._mac("session", sid, expires)):
+            return None
+        return sid if int(expires) > self._clock() else None
+
+    def csrf(self, sid: str) -> str:
+        return self._mac("csrf", sid)
+
+    def login_csrf(self, nonce: str) -> str:
+        return self._mac("login", nonce)
+
+    @staticmethod
+    def same(given: str | None, expected: str) -> bool:
+        return hmac.compare_digest((given or "").encode(), expected.encode())
+
+
+def _set_cookie(
+    response: Response, request: Request, name: str, value: str, max_age: int, path: str
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=path,
+        httponly=True,
+        samesite="strict",
+        # Behind a TLS proxy uvicorn takes the scheme from X-Forwarded-Proto.
+        secure=request.url.scheme == "https",
+    )
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A small urlencoded form's fields (first value of each); empty for anything else."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        return {}
+    try:
+        body = await read_limited(request, MAX_FORM_BYTES)
+    except BodyTooLarge:
+        return {}
+    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+class Dashboard:
+    """The dashboard's endpoints, sharing the session keys and the failure counts."""
+
+    def __init__(self, token: bytes) -> None:
+        self.sessions = Sessions(token)
+        self.failures = data.FailureCounts()
+
+    def _sid(self, request: Request) -> str | None:
+        return self.sessions.session_id(request.cookies.get(SESSION_COOKIE))
+
+    def _login_page(self, request: Request, message: str = "", status: int = 200) -> Response:
+        nonce = secrets.token_hex(16)
+        page = _render(
+            "login.html",
+            csrf=self.sessions.login_csrf(nonce),
+            message=message,
+            hidden="" if message else "hidden",
+        )
+        response = _secured(HTMLResponse(page, status_code=status))
+        _set_cookie(response, request, LOGIN_COOKIE, nonce, LOGIN_TTL_S, "/login")
+        return response
+
+    async def page(self, request: Request) -> Response:
+        """GET /: the dashboard when signed in, else the sign-in form."""
+        sid = self._sid(request)
+        if sid is None:
+            return self._login_page(request)
+        return _secured(HTMLResponse(_render("dashboard.html", csrf=self.sessions.csrf(sid))))
+
+    async def login(self, request: Request) -> Response:
+        form = await _form(request)
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not nonce or not Sessions.same(form.get("csrf"), self.sessions.login_csrf(nonce)):
+            log.warning("dashboard_login_refused", why="form")
+            return self._login_page(request, EXPIRED, 403)
+        if not self.sessions.token_ok(form.get("token", "")):
+            log.warning("dashboard_login_refused", why="token")
+            await asyncio.sleep(LOGIN_FAILURE_DELAY_S)
+            return self._login_page(request, REFUSED, 401)
+        log.info("dashboard_login")
+        response = _secured(RedirectResponse("/", status_code=303))
+        _set_cookie(response, request, SESSION_COOKIE, self.sessions.new(), SESSION_TTL_S, "/")
+        response.delete_cookie(LOGIN_COOKIE, path="/login")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        sid = self._sid(request)
+        if sid is not None:
+            given = request.headers.get(CSRF_HEADER) or (await _form(request)).get("csrf")
+            if not Sessions.same(given, self.sessions.csrf(sid)):
+                log.warning("dashboard_csrf_refused", path=request.url.path)
+                return _error(403, "missing or wrong CSRF token; reload the page")
+            log.info("dashboard_logout")
+        response = _secured(RedirectResponse("/", status_code=303))
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    async def asset(self, request: Request) -> Response:
+        name = str(request.path_params["name"])
+        if name not in ASSETS:
+            return _error(404, "Not Found")
+        response = Response(_static(name), media_type=ASSETS[name])
+        _secured(response).headers["cache-control"] = "no-cache"
+        return response
+
+    def api(
+        self, handler: Handler, *, changes: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A JSON endpoint for a signed-in browser: the session cookie (never the bearer
+        token), the CSRF token when it changes something, and every failure as one answer."""
+
+        async def endpoint(request: Request) -> Response:
+            sid = self._sid(request)
+            if sid is None:
+                return _error(401, "not signed in")
+            if changes and not Sessions.same(
+                request.headers.get(CSRF_HEADER), self.sessions.csrf(sid)
+            ):
+                log.warning("dashboard_csrf_refused", path=request.url.path)
+                return _error(403, "missing or wrong CSRF token; reload the page")
+            return _secured(await answer(handler, request, _error))
+
+        return endpoint
+
+    async def campaigns(self, request: Request, api: Api) -> Response:
+        return JSONResponse(await data.campaigns(api.ledger))
+
+    async def campaign(self, request: Request, api: Api) -> Response:
+        cid = campaign_id(request)
+        found = await data.campaign(api.ledger, cid, self.failures)
+        if found is None:
+            raise ApiError(404, f"no campaign {cid!r}")
+        return JSONResponse(found)
+
+    async def trunks(self, request: Request, api: Api) -> Response:
+        return JSONResponse(await data.trunks(api.ledger))
+
+    async def report(self, request: Request, api: Api) -> Response:
+        """The per-recipient report as a CSV download, every message: what
+        GET /v1/campaigns/{id}/messages?format=csv streams."""
+        cid = campaign_id(request)
+        c = await api.ledger.campaign(cid)
+        if c is None:
+            raise ApiError(404, f"no campaign {cid!r}")
+        chunks = reports.render(api.ledger.redis, c, reports.Filter(frozenset(ALL_STATES)), "csv")
+        return StreamingResponse(
+            stream(chunks, "dashboard_report"),
+            media_type="text/csv",
+            headers={"content-disposition": f'attachment; filename="smsq-{cid}.csv"'},
+        )
+
+
+def routes(token: bytes) -> list[Route]:
+    """The dashboard's routes, for producer.http's app; token is SMSQ_API_TOKEN's bytes."""
+    d = Dashboard(token)
+    api = "/dashboard/api/campaigns/{cid}"
+    found: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
+        ("/", "GET", d.page),
+        ("/login", "POST", d.login),
+        ("/logout", "POST", d.logout),
+        ("/dashboard/static/{name}", "GET", d.asset),
+        ("/dashboard/api/campaigns", "GET", d.api(d.campaigns)),
+        (api, "GET", d.api(d.campaign)),
+        (f"{api}/report.csv", "GET", d.api(d.report)),
+        (f"{api}/pause", "POST", d.api(control.pause_campaign, changes=True)),
+        (f"{api}/resume", "POST", d.api(control.resume_campaign, changes=True)),
+        (f"{api}/cancel", "POST", d.api(control.cancel_campaign, changes=True)),
+        ("/dashboard/api/trunks", "GET", d.api(d.trunks)),
+    ]
+    return [Route(path, endpoint, methods=[method]) for path, method, endpoint in found]

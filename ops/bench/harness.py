@@ -1,6 +1,6 @@
 """What every scenario needs: a private stack (redis-server, simulator, smsq or baseline
-workers) that is always torn down, numbers to send, and measurements taken from outside
-the processes under test (the simulator's arrival times, Redis INFO, /proc).
+workers) that is always torn down, campaigns to send, and what Redis and the simulator say
+about them (arrival times, command counters, a campaign's counts).
 """
 
 from __future__ import annotations
@@ -10,23 +10,31 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from ledger.settings import Settings, load_settings
+from ledger import keys
+from ledger.settings import DEFAULT_TRUNK, Settings, load_settings
+from ledger.states import PENDING
 from ops.bench import baseline
-from ops.bench.sizes import Sizes
+from ops.bench.measure import descendants, mean_rate, rate_in_window
+from ops.bench.sizes import Layout, Sizes
 from ops.stack import (
     Proc,
     RedisServer,
     Stack,
     default_settings_env,
+    free_port,
     wait_for,
     worker_argv,
 )
+from producer.enqueue import EnqueueResult, Producer
+from producer.numbers import normalize_many
 
 SOURCE = "37041123456"
 # One GSM-7 segment, the common case for a campaign.
@@ -71,27 +79,38 @@ class BenchStack:
     def start_simulator(self, latency_ms: float = 0.0, *args: str) -> None:
         self.stack.start_simulator("--latency-ms", str(latency_ms), *args)
 
-    def smsq_worker(self, name: str, processes: int, **env: str) -> Proc:
-        return self.stack.start_worker(name, concurrency=processes, **env)
+    @property
+    def redis(self) -> Any:
+        """A client of the stack's Redis for the benchmark's own reads (never during a
+        measured window unless the scenario says so)."""
+        return self._redis
 
-    def smsq_workers(self, count: int, processes: int) -> list[Proc]:
-        """`count` smsq workers started side by side (as Stack.start_worker starts one):
-        one after the other costs a second each."""
+    def smsq_worker(self, name: str, processes: int, **env: str) -> Proc:
+        return self.smsq_workers(Layout(1, processes), prefix=name, **env)[0]
+
+    def smsq_workers(self, layout: Layout, prefix: str = "w", **env: str) -> list[Proc]:
+        """The layout's smsq workers, started side by side (one after the other costs
+        seconds each), each serving its metrics on a port of its own."""
         procs = []
-        for n in range(count):
-            argv = worker_argv(f"w{n}", processes)
-            log_path = self.stack.workdir / f"worker-w{n}.log"
-            procs.append(Proc(f"worker w{n}", argv, self.stack.env(), log_path).start())
+        for n in range(layout.workers):
+            name = prefix if layout.workers == 1 else f"{prefix}{n}"
+            port = free_port()
+            argv = worker_argv(name, layout.processes)
+            log_path = self.stack.workdir / f"worker-{name}.log"
+            worker_env = self.stack.env(SMSQ_METRICS_PORT=str(port), **env)
+            proc = Proc(f"worker {name}", argv, worker_env, log_path).start()
+            proc.metrics_url = f"http://127.0.0.1:{port}/metrics"
+            procs.append(proc)
         self.stack.workers += procs
         for proc in procs:
-            wait_for(lambda p=proc: _smsq_ready(p), START_TIMEOUT_S, proc.name)
+            wait_for(partial(_smsq_ready, proc), START_TIMEOUT_S, proc.name)
         return procs
 
     def baseline_workers(self, count: int, processes: int, rate_limit: str = "") -> list[Proc]:
         """`count` baseline workers started side by side."""
         procs = [self._start_baseline(f"b{n}", processes, rate_limit) for n in range(count)]
         for proc in procs:
-            wait_for(lambda p=proc: _ready(p), START_TIMEOUT_S, proc.name)
+            wait_for(partial(_ready, proc), START_TIMEOUT_S, proc.name)
         return procs
 
     def baseline_worker(self, name: str, processes: int, rate_limit: str = "") -> Proc:
@@ -130,8 +149,88 @@ class BenchStack:
     def used_memory(self) -> int:
         return int(self._redis.info("memory")["used_memory"])
 
+    def reset_commandstats(self) -> None:
+        """Zero Redis's per-command counters (CONFIG RESETSTAT): a measured window starts."""
+        self._redis.config_resetstat()
+
+    def commandstats(self) -> Counter[str]:
+        """Calls per command since the last reset, commands run inside scripts included;
+        the benchmark's own CONFIG and INFO calls are left out."""
+        calls: Counter[str] = Counter()
+        for name, stats in self._redis.info("commandstats").items():
+            command = name.removeprefix("cmdstat_")
+            if command not in ("config", "info"):
+                calls[command] = int(stats["calls"])
+        return calls
+
+    def reset_slowlog(self) -> None:
+        self._redis.slowlog_reset()
+
+    def slow_commands(self) -> list[tuple[float, str]]:
+        """Commands (scripts included) that held Redis longer than its slowlog threshold
+        (10 ms) since the last reset: (milliseconds, command), slowest first."""
+        entries = self._redis.slowlog_get(128)
+        found = [(e["duration"] / 1000, _command_name(e["command"])) for e in entries]
+        return sorted(found, reverse=True)
+
+    def counts(self, cid: str) -> dict[str, int]:
+        """A campaign's messages per state, from its counts hash."""
+        raw = self._redis.hgetall(keys.counts(cid))
+        return {_text(k): int(v) for k, v in raw.items() if int(v)}
+
+    def wait_settled(self, cid: str, timeout_s: float, states: frozenset[str]) -> bool:
+        """Wait until none of the campaign's messages is in one of `states`."""
+
+        def settled() -> bool:
+            self.check_alive()
+            return not any(self.counts(cid).get(state) for state in states)
+
+        return wait_until(settled, timeout_s, poll_s=0.2)
+
+    def wait_posted(self, cid: str, timeout_s: float) -> bool:
+        """Wait until every message of the campaign was posted and its answer recorded."""
+        return self.wait_settled(cid, timeout_s, frozenset({"queued", "sending"}))
+
+    def wait_done(self, cid: str, timeout_s: float) -> bool:
+        """Wait until the campaign is done: nothing queued, sending or awaiting a callback."""
+        return self.wait_settled(cid, timeout_s, frozenset(str(s) for s in PENDING))
+
+    def rate_state(self) -> dict[str, int]:
+        """The trunk's rate hash (ledger/lua/claim.lua): tat, sum, idle (slots gone unused)."""
+        raw = self._redis.hgetall(keys.rate(DEFAULT_TRUNK))
+        return {_text(k): int(float(v)) for k, v in raw.items()}
+
+    def forget_idle_slots(self) -> None:
+        """Between two runs on the same stack, with nothing claimed for a while: restart the
+        trunk's count of unused slots, and its next slot, so the next run's first claim does
+        not count the pause between the runs as slots gone unused."""
+        self._redis.hset(keys.rate(DEFAULT_TRUNK), mapping={"tat": 0, "idle": 0})
+
+    def enqueue(
+        self, count: int, prefix: str = "4930", *, priority: bool = False, text: str = ""
+    ) -> EnqueueResult:
+        """A campaign of `count` numbers through the producer, as `smsq send` enqueues it."""
+        producer = Producer(self.settings())
+        try:
+            return producer.enqueue(
+                SOURCE,
+                text or TEXT,
+                normalize_many(numbers(count, prefix)),
+                name="bench",
+                priority=priority,
+            )
+        finally:
+            producer.close()
+
     def sim_stats(self) -> dict[str, Any]:
         return dict(self.stack.sim("stats"))
+
+    def configure_simulator(self, **changes: Any) -> None:
+        self.stack.sim("config", changes)
+
+    def reset_simulator(self) -> None:
+        """Forget every request and message the simulator recorded."""
+        self.stack.sim("reset", {})
 
     def arrivals(self) -> list[float]:
         """When each request the simulator answered 201 arrived (Unix seconds), in order."""
@@ -139,9 +238,27 @@ class BenchStack:
         requests = httpx.get(url, timeout=60).json()
         return [at for at, outcome in requests if outcome == 201]
 
-    def messages(self) -> list[dict[str, Any]]:
-        url = f"{self.stack.simulator_url}/_sim/messages"
+    def messages(self, offset: int = 0) -> list[dict[str, Any]]:
+        """Accepted messages from the offset-th on, in the order they arrived."""
+        url = f"{self.stack.simulator_url}/_sim/messages?offset={offset}"
         return list(httpx.get(url, timeout=60).json())
+
+    def pids(self) -> dict[str, list[int]]:
+        """The processes of each component (a worker's pool processes come with it)."""
+        parts: dict[str, list[int]] = {
+            "workers": [p.popen.pid for p in self.workers if p.running and p.popen],
+            "simulator": [],
+            "redis": [],
+            "ingester": [],
+        }
+        for name, proc in (
+            ("simulator", self.stack.simulator),
+            ("redis", self.server.proc),
+            ("ingester", self.stack.callbacks),
+        ):
+            if proc is not None and proc.running and proc.popen is not None:
+                parts[name].append(proc.popen.pid)
+        return {name: pids for name, pids in parts.items() if pids}
 
     def check_alive(self) -> None:
         for proc in self.workers:
@@ -172,6 +289,15 @@ def bench_stack(workdir: Path, **settings: str) -> Iterator[BenchStack]:
         stack.close()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _command_name(command: bytes | str) -> str:
+    """A slowlog entry's command, without its arguments (which hold phone numbers)."""
+    return _text(command).split(" ", 1)[0].lower()
+
+
 def _ready(proc: Proc) -> bool:
     proc.check_alive()
     return baseline.READY_LINE in proc.log()
@@ -191,52 +317,6 @@ def wait_until(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.2)
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll_s)
-
-
-def rate_in_window(times: Sequence[float], start: float, end: float) -> float:
-    """Arrivals per second within [start, end)."""
-    return sum(1 for t in times if start <= t < end) / (end - start)
-
-
-def mean_rate(times: Sequence[float]) -> float:
-    """Arrivals per second from the first to the last one."""
-    if len(times) < 2:
-        return 0.0
-    ordered = sorted(times)
-    return (len(ordered) - 1) / (ordered[-1] - ordered[0])
-
-
-def descendants(pid: int) -> list[int]:
-    """A process's children, grandchildren and so on, from /proc (Linux)."""
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                children = [int(c) for c in task.read_text().split()]
-                found += children
-                pending += children
-    return found
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants (a Celery worker and its pool),
-    read from /proc/PID/status (Linux)."""
-    total = 0
-    for member in [pid, *descendants(pid)]:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), nearest rank: with 20 values p99 is the largest."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
 
 
 class Context:
@@ -274,14 +354,26 @@ def first_arrival(bench: BenchStack, timeout_s: float = 60.0) -> float:
     return float(found[0][0])
 
 
-def steady_rate(bench: BenchStack, warmup_s: float, window_s: float) -> tuple[float, float]:
-    """Accepted requests per second over `window_s` after `warmup_s` from the first one, and
-    the window's length (shorter when the queue ran dry before it ended)."""
-    start = first_arrival(bench) + warmup_s
-    end = start + window_s
-    while time.time() < end + 0.5:
+def sleep_until(bench: BenchStack, at: float, tick: Callable[[], None] | None = None) -> None:
+    """Sleep until the Unix time `at`, checking every second that the processes live (and
+    calling `tick`, a sampler, as often)."""
+    while time.time() < at:
         bench.check_alive()
-        time.sleep(min(1.0, max(0.05, end + 0.5 - time.time())))
+        if tick is not None:
+            tick()
+        time.sleep(min(1.0, max(0.01, at - time.time())))
+
+
+def window_start(bench: BenchStack, warmup_s: float) -> float:
+    """Wait until `warmup_s` after the first request reached the simulator; return that time."""
+    start = first_arrival(bench) + warmup_s
+    sleep_until(bench, start)
+    return start
+
+
+def window_rate(bench: BenchStack, start: float, end: float) -> tuple[float, float]:
+    """Accepted requests per second in [start, end), and the window's length (shorter when
+    the queue ran dry before it ended)."""
     times = bench.arrivals()
     last = max(times, default=start)
     if last < end:
@@ -290,3 +382,11 @@ def steady_rate(bench: BenchStack, warmup_s: float, window_s: float) -> tuple[fl
         # Only in tiny (smoke) runs: the campaign was over before the warm-up was.
         return mean_rate(times), max(times) - min(times)
     return rate_in_window(times, start, end), end - start
+
+
+def steady_rate(bench: BenchStack, warmup_s: float, window_s: float) -> tuple[float, float]:
+    """Accepted requests per second over `window_s` after `warmup_s` from the first one, and
+    the window's length (shorter when the queue ran dry before it ended)."""
+    start = window_start(bench, warmup_s)
+    sleep_until(bench, start + window_s + 0.5)
+    return window_rate(bench, start, start + window_s)

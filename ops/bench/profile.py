@@ -40,6 +40,7 @@ def summarize(raw: Path, top: int = TOP_FUNCTIONS) -> list[str]:
     own: collections.Counter[str] = collections.Counter()
     by_module: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    where: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -50,17 +51,31 @@ def summarize(raw: Path, top: int = TOP_FUNCTIONS) -> list[str]:
         total += count
         own[_short(frames[-1])] += count
         by_module[_module(frames)] += count
+        where[_where(frames)] += count
         for name in {_short(f) for f in frames if _is_ours(f)}:
             inclusive[name] += count
     if not total:
         return ["no samples"]
-    lines = [f"{total} samples; own time by function:"]
+    lines = [f"{total} samples; by process and thread:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in where.most_common()]
+    lines.append("own time by function:")
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     lines.append("own time by module:")
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_module.most_common(top)]
     lines.append("time under smsq's own functions (callees included):")
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
     return lines
+
+
+def _where(frames: list[str]) -> str:
+    """Which process and thread a sample is from: --subprocesses names the worker's main
+    process first, then a pool process; a thread's stack starts in Thread._bootstrap (in a
+    pool process that is the sending engine's thread; in the main process, the supervisor)."""
+    pool = len(frames) > 1 and frames[1].startswith("process ")
+    thread = any(f.startswith("Thread._bootstrap ") for f in frames)
+    if pool:
+        return "pool processes, engine thread" if thread else "pool processes, main thread (tasks)"
+    return "worker main process, threads" if thread else "worker main process, main thread"
 
 
 def _is_ours(frame: str) -> bool:

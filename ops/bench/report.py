@@ -24,6 +24,8 @@ class Row:
     better: Literal["higher", "lower"] = "higher"
     # Shown instead of the baseline's number when it was not measured (and why).
     baseline_text: str = ""
+    # What the run saw that explains a MISS (printed under the table when the row misses).
+    why: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -31,7 +33,9 @@ class Row:
             return None
         if self.better == "higher":
             return self.smsq / self.target if self.target else None
-        return self.target / self.smsq if self.smsq else float("inf")
+        # Nothing (or less than nothing: an urgent message in before the call returned) beats
+        # any upper bound.
+        return self.target / self.smsq if self.smsq > 0 else float("inf")
 
     @property
     def verdict(self) -> str:
@@ -57,6 +61,10 @@ class ScenarioResult:
     rows: list[Row] = field(default_factory=list)
     # Settings and observations a reader needs to judge the figures.
     notes: list[str] = field(default_factory=list)
+    # Lines printed as they are under the notes (a scenario's own table, a profile).
+    details: list[str] = field(default_factory=list)
+    # Measurements kept in the --json document beside the rows (per-run figures).
+    data: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     elapsed_s: float = 0.0
 
@@ -95,17 +103,30 @@ def table(results: list[ScenarioResult], judged: bool = True) -> str:
                     row.verdict if judged else UNJUDGED,
                 ]
             )
+    out = grid(header, lines)
+    misses = [row for r in results if r.error is None for row in r.rows if row.verdict == MISS]
+    if judged and misses:
+        out.append("\nwhy each MISS missed:")
+        out += [
+            f"- {row.scenario}, {row.figure}: {row.why or 'no explanation recorded'}"
+            for row in misses
+        ]
+    for result in results:
+        if result.error is not None:
+            out.append(f"\n{result.name}: ERROR: {result.error}")
+        elif result.notes or result.details:
+            out.append(f"\n{result.name} ({result.elapsed_s:.0f} s):")
+            out += [f"- {note}" for note in result.notes]
+            out += result.details
+    return "\n".join(out)
+
+
+def grid(header: list[str], lines: list[list[str]]) -> list[str]:
+    """A Markdown table (readable as plain text too), as lines."""
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
 
     def render(cells: list[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     out = [render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [render(line) for line in lines]
-    for result in results:
-        if result.error is not None:
-            out.append(f"\n{result.name}: ERROR: {result.error}")
-        elif result.notes:
-            out.append(f"\n{result.name} ({result.elapsed_s:.0f} s):")
-            out += [f"- {note}" for note in result.notes]
-    return "\n".join(out)
+    return out + [render(line) for line in lines]

@@ -25,8 +25,16 @@ def test_smoke_runs_every_scenario_and_prints_one_table(tmp_path: Path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=140, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert rows[0].split("|")[1].strip() == "scenario"
+    # The main table: from its header to the first line that is not a row (scenarios print
+    # tables of their own further down).
+    lines = done.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| scenario "))
+    rows = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        if line.startswith("| "):
+            rows.append(line)
     listed = {row.split("|")[1].strip() for row in rows[1:]}
     assert listed == set(SCENARIOS)
     assert "ERROR" not in done.stdout

@@ -1,1 +1,1 @@
-"""One module per scenario of the issue; each has `run(ctx) -> ScenarioResult`."""
+"""One module per scenario; each has `run(ctx) -> ScenarioResult` (sending.py has two)."""

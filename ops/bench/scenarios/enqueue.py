@@ -1,4 +1,4 @@
-"""Target 1: a million recipients from a CSV file queued in 10 s, 50 times the baseline's
+"""Kept from issue 4: a million recipients from a CSV file queued in 10 s, 50 times the baseline's
 apply_async rate, at a tenth of its Redis memory per queued message.
 """
 
@@ -8,6 +8,7 @@ import time
 
 from ops.bench import baseline
 from ops.bench.harness import SOURCE, TEXT, Context, numbers, write_csv
+from ops.bench.measure import CpuMeter
 from ops.bench.report import Row, ScenarioResult
 from producer.enqueue import Producer
 from producer.recipients import read_recipients
@@ -26,11 +27,13 @@ def run(ctx: Context) -> ScenarioResult:
         producer = Producer(bench.settings())
         try:
             before = bench.used_memory()
+            meter = CpuMeter(bench.pids())
             started = time.perf_counter()
             parsed = read_recipients(csv_path)
             read_at = time.perf_counter()
             queued = producer.enqueue(SOURCE, TEXT, parsed, name="bench")
             done_at = time.perf_counter()
+            meter.stop()
             smsq_bytes = (bench.used_memory() - before) / count
         finally:
             producer.close()
@@ -48,11 +51,18 @@ def run(ctx: Context) -> ScenarioResult:
         baseline_bytes = (bench.used_memory() - before) / sample
         baseline_rate = sample / baseline_s
 
+    why = (
+        f"{count:,} recipients took {smsq_s:.2f} s: reading and normalising "
+        f"{read_at - started:.2f} s, planning, storing and queueing {done_at - read_at:.2f} s "
+        f"(the target allows {count / TARGET_RATE_PER_S:.0f} s in all); the enqueuing process "
+        f"(here the benchmark's) {meter.cores('bench'):.2f} cores, redis-server "
+        f"{meter.cores('redis'):.2f}, the rest of the machine {meter.cores('others'):.2f}"
+    )
     result.rows = [
         Row(NAME, "recipients queued per second", "msg/s", smsq_rate, baseline_rate,
-            TARGET_RATE_PER_S),
+            TARGET_RATE_PER_S, why=why),
         Row(NAME, "enqueue rate over the baseline's", "x", smsq_rate / baseline_rate, 1.0,
-            TARGET_SPEEDUP),
+            TARGET_SPEEDUP, why=why),
         Row(NAME, "Redis memory per queued message", "bytes", smsq_bytes, baseline_bytes,
             baseline_bytes * TARGET_MEMORY_SHARE, better="lower"),
     ]  # fmt: skip

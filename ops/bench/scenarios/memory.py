@@ -1,4 +1,4 @@
-"""Target 7: worker resident memory grows by less than 50 MB over a 1,000,000-message
+"""Kept from issue 4: worker resident memory grows by less than 50 MB over a 1,000,000-message
 campaign against the simulator at 0 ms.
 
 RSS is read from /proc for the worker and its pool processes together, once a
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import time
 
-from ops.bench.harness import SOURCE, TEXT, Context, numbers, rss_bytes
+from ops.bench.harness import Context
+from ops.bench.measure import rss_bytes
 from ops.bench.report import Row, ScenarioResult
-from ops.bench.scenarios.sending import CPU_SETUP, PROCESSES
-from producer.enqueue import Producer
-from producer.numbers import normalize_many
+from ops.bench.scenarios.sending import PROCESSES, SETUP, describe
 
 NAME = "memory"
 TARGET_GROWTH_MB = 50.0
@@ -27,15 +26,11 @@ def run(ctx: Context) -> ScenarioResult:
     sizes = ctx.sizes
     count = sizes.memory_messages
     samples: list[tuple[float, int, int]] = []
-    with ctx.stack(NAME, **CPU_SETUP.env()) as bench:
+    with ctx.stack(NAME, **SETUP) as bench:
         bench.start_simulator(0.0)
         worker = bench.smsq_worker("w", PROCESSES)
         assert worker.popen is not None
-        producer = Producer(bench.settings())
-        try:
-            producer.enqueue(SOURCE, TEXT, normalize_many(numbers(count)), name="bench")
-        finally:
-            producer.close()
+        bench.enqueue(count)
         began = time.monotonic()
         while True:
             bench.check_alive()
@@ -66,7 +61,7 @@ def run(ctx: Context) -> ScenarioResult:
             baseline_text="not measured"),
     ]  # fmt: skip
     result.notes = [
-        f"smsq: {CPU_SETUP.describe()}; simulator at 0 ms",
+        f"smsq: {describe()}; simulator at 0 ms",
         f"sent {sent:,} of {count:,} in {elapsed_s:.0f} s"
         + ("" if complete else f" (stopped at the {sizes.memory_max_s:.0f} s budget)"),
         f"RSS of the worker and its {PROCESSES} pool processes: start {start_rss / MB:.1f} MB "

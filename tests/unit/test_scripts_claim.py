@@ -474,9 +474,15 @@ def test_rate_params_of_a_rate() -> None:
         1000.0,
         20_000,
     )
-    # Headroom shortens the window, so jittered arrivals stay under the rate.
+    # Headroom slows the pace and lengthens the cap's window beyond a second by 3/4 of it, so
+    # jittered arrivals stay under the rate; `limit` paced slots span more than the window,
+    # so a claim a little late does not meet the cap.
     half = RateParams.of(10, 0.5)
-    assert (half.limit, half.window_us, half.interval_us) == (10, 2_000_000, 200_000.0)
+    assert (half.limit, half.window_us, half.interval_us) == (10, 1_750_000, 200_000.0)
+    assert half.allowance_us == 750_000
+    default = RateParams.of(100, 0.98)
+    assert default.limit * default.interval_us - default.window_us > 5_000
+    assert default.window_us - 1_000_000 == default.allowance_us > 15_000
     assert RateParams.of(0.5, 1.0).limit == 1
     assert RateParams.of(10, 1.0, "segment").by_segment
 

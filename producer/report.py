@@ -17,7 +17,7 @@ from ledger import keys
 from ledger.campaigns import Campaign, scan_records
 from ledger.errors import InputError
 from ledger.reasons import reason_for
-from ledger.records import RAW_ID, Record
+from ledger.records import NO_ID, RAW_ID, STATUS_UNIT, STATUSES, Record, id_text, iso_time
 from ledger.states import ALL_STATES, State
 
 COLUMNS = (
@@ -87,55 +87,114 @@ class Filter:
 
 
 def row(c: Campaign, record: Record, raw_ids: dict[int, str]) -> dict[str, Any]:
-    didww_id = record.didww_id
-    if record.flags & RAW_ID:
-        didww_id = raw_ids.get(record.index)
-    has_callback = record.state in (State.SENT, State.FAILED)
-    return {
-        "index": record.index,
-        "message_id": c.message_id(record.index),
-        "destination": record.destination,
-        "state": str(record.state),
-        "didww_id": didww_id,
-        "status": record.status or None,
-        "code_id": record.code_id,
-        "reason": reason_for(record.code_id) if has_callback else None,
-        "fragments": record.fragments,
-        "time_start": record.time_start,
-        "time_end": record.time_end,
-        "attempts": record.attempts,
-    }
+    """One message's row, keyed by COLUMNS."""
+    return dict(zip(COLUMNS, _values(c.id, record, raw_ids), strict=True))
+
+
+# The states whose records hold DIDWW's callback: a status, a code's meaning and times.
+_CALLBACK_STATES = frozenset({State.SENT, State.FAILED})
+# States whose id bytes are not a DIDWW id (none yet, or the claiming owner's number).
+_NO_ID_STATES = frozenset({State.QUEUED, State.SENDING})
+_STATE_TEXT = {state: str(state) for state in State}
+
+
+def _values(cid: str, record: Record, raw_ids: dict[int, str]) -> tuple[Any, ...]:
+    """A row's values in COLUMNS order, None where a column is empty: what Record's
+    properties give, each field read once, the id and times formatted by records.id_text
+    and records.iso_time (0.92 us a row; row() as a dict of Record's properties took 5.7 us)."""
+    index = record.index
+    state = record.state
+    flags = record.flags
+    code_id = record.code_id
+    if flags & RAW_ID:
+        didww_id = raw_ids.get(index)
+    elif state in _NO_ID_STATES or record.id_key == NO_ID:
+        didww_id = None
+    else:
+        didww_id = id_text(record.id_key)
+    if state in _CALLBACK_STATES:
+        reason = reason_for(code_id)
+        t1 = record.t1
+        time_start = iso_time(t1) if t1 else None
+        time_end = iso_time(t1 + record.t2) if t1 else None
+    else:
+        reason = time_start = time_end = None
+    return (
+        index,
+        keys.message_id(cid, index),
+        record.destination,
+        _STATE_TEXT[state],
+        didww_id,
+        STATUSES[(flags // STATUS_UNIT) % 4] or None,
+        code_id,
+        reason,
+        record.fragments,
+        time_start,
+        time_end,
+        record.attempts,
+    )
+
+
+async def _raw_ids(redis: Redis, c: Campaign) -> dict[int, str]:
+    raw = await redis.hgetall(keys.raw_ids(c.id))
+    return {int(k): v.decode() for k, v in raw.items()}
 
 
 async def rows(redis: Redis, c: Campaign, keep: Filter) -> AsyncIterator[dict[str, Any]]:
     """The campaign's rows in index order, a batch's worth of Redis reads at a time."""
-    raw = await redis.hgetall(keys.raw_ids(c.id))
-    raw_ids = {int(k): v.decode() for k, v in raw.items()}
+    async for chunk in value_chunks(redis, c, keep):
+        for values in chunk:
+            yield dict(zip(COLUMNS, values, strict=True))
+
+
+async def value_chunks(
+    redis: Redis, c: Campaign, keep: Filter, size: int | None = None
+) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """The rows' values (COLUMNS order, None for empty) in index order, `size` rows
+    (CHUNK_ROWS) per list: memory stays flat, and the formats write a list in one call."""
+    size = size or CHUNK_ROWS
+    raw_ids = await _raw_ids(redis, c)
+    chunk: list[tuple[Any, ...]] = []
     async for record in scan_records(redis, c):
         if keep(record):
-            yield row(c, record, raw_ids)
+            chunk.append(_values(c.id, record, raw_ids))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+# One encoder for every line: json.dumps with an option builds a new one per call (1M
+# lines: 4.7 s -> 4.2 s).
+_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 async def render(
     redis: Redis, c: Campaign, keep: Filter, fmt: str, header: bool = True
 ) -> AsyncIterator[str]:
-    """The report as text chunks (CSV with a header, or one JSON object per line)."""
+    """The report as text chunks (CSV with a header, or one JSON object per line), one per
+    CHUNK_ROWS rows."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; use csv or jsonl")
     buffer = io.StringIO()
+    # The csv module writes None as an empty field.
     writer = csv.writer(buffer, lineterminator="\n")
     if fmt == "csv" and header:
         writer.writerow(COLUMNS)
-    count = 0
-    async for item in rows(redis, c, keep):
+    encode = _JSON.encode
+    async for chunk in value_chunks(redis, c, keep):
         if fmt == "csv":
-            writer.writerow(["" if item[k] is None else item[k] for k in COLUMNS])
+            writer.writerows(chunk)
         else:
-            buffer.write(json.dumps(item, ensure_ascii=False) + "\n")
-        count += 1
-        if count % CHUNK_ROWS == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
+            buffer.write(
+                "".join(
+                    [encode(dict(zip(COLUMNS, values, strict=True))) + "\n" for values in chunk]
+                )
+            )
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
     if buffer.tell():
+        # No row: the header alone.
         yield buffer.getvalue()

@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from ledger import events, keys, records
+from ledger import events, keys, optouts, records
 from ledger.dispatch import celery_config, send
 from ledger.errors import InputError, SmsqError
 from ledger.settings import Settings, load_settings
@@ -34,6 +34,9 @@ from producer.plan import MAX_REPORTED_REJECTIONS, Options, Plan, Planner, group
 WRITE_CHUNK_BATCHES = 200
 # Broker commands (a task and its task-sent event are two) buffered per Redis round trip.
 PUBLISH_CHUNK_COMMANDS = 1000
+# Events of opted-out numbers per script call, and script calls per Redis round trip.
+SUPPRESSED_EVENTS_PER_CALL = 500
+SUPPRESSED_CALLS_PER_ROUND_TRIP = 40
 # An idempotency key is remembered this long (the issue's 24 hours).
 IDEMPOTENCY_TTL_S = 24 * 3600
 # A campaign whose enqueue stopped (its producer died mid-way) is finished by the workers'
@@ -237,20 +240,22 @@ class Producer:
         """The batches' records (and template values); on a repeat, only those missing, as
         one written whole by a cut-short attempt may already be sending."""
         numbers = plan.numbers.numbers
-        segments = plan.segments
-        queued = records.queued
-        suppressed = _suppressed_record
+        segments, values = plan.segments, plan.values
+        pack = records.pack_new
         pipe = self.redis.pipeline(transaction=False)
         pending = 0
         for batch_no, group_no, members in layout.batches:
+            dests = [numbers[i] for i in members]
             if group_no < 0:
-                data = b"".join([suppressed(numbers[i], segments.get(i, 1)) for i in members])
+                data = pack(State.SUPPRESSED, dests, [segments.get(i, 1) for i in members])
             else:
-                data = b"".join([queued(numbers[i], segments[i]) for i in members])
+                data = pack(State.QUEUED, dests, [segments[i] for i in members])
             pipe.set(keys.batch(cid, batch_no), data, nx=repeat)
-            if plan.values and group_no >= 0:
+            if values and group_no >= 0:
+                # Given as bytes, as redis-py would encode them: its encoder per argument is
+                # slower (a million recipients' values: 2.0 s -> 1.5 s).
                 first = batch_no * layout.batch_size
-                mapping = {first + p: plan.values[i] for p, i in enumerate(members)}
+                mapping = {b"%d" % n: values[i].encode() for n, i in enumerate(members, first)}
                 pipe.hset(keys.fields(cid, batch_no), mapping=mapping)
             pending += len(members)
             if len(pipe) >= WRITE_CHUNK_BATCHES:
@@ -332,26 +337,33 @@ class Producer:
         return True
 
     def _publish_suppressed(self, cid: str, plan: Plan, layout: Layout) -> None:
+        """An event per opted-out number, SUPPRESSED_EVENTS_PER_CALL to a script call
+        (ledger.optouts.publish_suppressed)."""
         stream, maxlen = self.settings.events_stream, self.settings.events_maxlen
+        numbers = plan.numbers.numbers
+        event = _suppressed_event(cid, plan)
+        message_id = keys.message_id
+        clock, now_iso = time.time_ns, events.now_iso
+        # Each event's time, to the millisecond, as message_event gives it; formatted once a
+        # millisecond, not once an event.
+        last_ms, at = -1, ""
         pipe = self.redis.pipeline(transaction=False)
+        chunk: list[str] = []
         for b, g, members in layout.batches:
             if g >= 0:
                 continue
-            for p, i in enumerate(members):
-                index = b * layout.batch_size + p
-                event = events.message_event(
-                    cid,
-                    keys.message_id(cid, index),
-                    plan.numbers.numbers[i],
-                    plan.source,
-                    None,
-                    trunk=plan.trunk,
-                    detail="on the opt-out list",
-                )
-                event["type"] = str(State.SUPPRESSED)
-                pipe.xadd(stream, {"data": events.encode(event)}, maxlen=maxlen, approximate=True)
-            if len(pipe) >= PUBLISH_CHUNK_COMMANDS:
-                pipe.execute()
+            for index, i in enumerate(members, b * layout.batch_size):
+                ms = clock() // 1_000_000
+                if ms != last_ms:
+                    last_ms, at = ms, now_iso()
+                chunk.append(event(message_id(cid, index), numbers[i], at))
+            if len(chunk) >= SUPPRESSED_EVENTS_PER_CALL:
+                optouts.publish_suppressed(pipe, stream, maxlen, chunk)
+                chunk = []
+                if len(pipe) >= SUPPRESSED_CALLS_PER_ROUND_TRIP:
+                    pipe.execute()
+        if chunk:
+            optouts.publish_suppressed(pipe, stream, maxlen, chunk)
         pipe.execute()
 
     def _publish(self, cid: str, plan: Plan, layout: Layout) -> None:
@@ -388,8 +400,38 @@ class Producer:
         self.redis.close()
 
 
-def _suppressed_record(number: str, fragments: int) -> bytes:
-    return records.pack(State.SUPPRESSED, number, fragments=fragments)
+def _suppressed_event(cid: str, plan: Plan) -> Callable[[str, str, str], str]:
+    """A function (message id, destination, time) -> the encoded event of an opted-out
+    number: the text events.encode gives for it, filled into the text of the first one
+    instead of built and encoded each time (5.4 us an event -> 0.6 us, message id included)."""
+
+    def encoded(message_id: str, destination: str, at: str) -> str:
+        event = events.message_event(
+            cid,
+            message_id,
+            destination,
+            plan.source,
+            None,
+            trunk=plan.trunk,
+            detail="on the opt-out list",
+        )
+        event["at"] = at
+        event["type"] = str(State.SUPPRESSED)
+        return events.encode(event)
+
+    # Stand-ins that JSON spells with escapes, found once each in the text (else each event is
+    # built in full); the values put in their place (an id of hex digits, '-' and digits, a
+    # number's digits, an ISO time) are spelled in JSON as they are.
+    slots = ("\0\1", "\0\2", "\0\3")
+    text = encoded(*slots)
+    spelled = [json.dumps(slot)[1:-1] for slot in slots]
+    sample = keys.message_id(cid, 0)
+    if json.dumps(sample) != f'"{sample}"' or any(text.count(s) != 1 for s in spelled):
+        return encoded
+    template = text.replace("{", "{{").replace("}", "}}")
+    for n, slot in enumerate(spelled):
+        template = template.replace(slot, f"{{{n}}}")
+    return template.format
 
 
 def enqueue_campaign(

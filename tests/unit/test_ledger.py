@@ -38,7 +38,7 @@ from test_scripts_helpers import (
     unknown,
 )
 
-from ledger import control, keys, records
+from ledger import control, keys, optouts, records
 from ledger.recovery import inflight_field
 from ledger.states import PENDING, CampaignState, Code, State, can_move
 
@@ -440,6 +440,35 @@ def test_optout_change_of_many_numbers_goes_in_chunks(real_ledger, real_redis) -
         return await ledger.optout_change("add", numbers), await ledger.optout_count()
 
     assert run(real_ledger, go) == (4500, 4500)
+
+
+def test_on_list_finds_the_positions_of_listed_numbers_across_script_calls(
+    real_ledger, real_redis, monkeypatch
+) -> None:
+    # Three script calls (CHECK_CHUNK numbers each), two round trips.
+    monkeypatch.setattr(optouts, "CHECK_CALLS_PER_ROUND_TRIP", 2)
+    numbers = [f"4477008{i:05d}" for i in range(2 * optouts.CHECK_CHUNK + 7)]
+    listed = [*numbers[3::101], numbers[-1]]
+    assert optouts.listed(real_redis) == 0
+
+    async def go(ledger):
+        return await ledger.optout_change("add", listed)
+
+    run(real_ledger, go)
+    assert optouts.listed(real_redis) == len(listed)
+    found = optouts.on_list(real_redis, numbers)
+    assert [numbers[p] for p in found] == listed
+    assert optouts.on_list(real_redis, []) == []
+
+
+def test_publish_suppressed_appends_the_encoded_events_in_order(real_redis) -> None:
+    texts = [json.dumps({"n": n}) for n in range(1203)]
+    pipe = real_redis.pipeline(transaction=False)
+    optouts.publish_suppressed(pipe, "events-test", 100_000, texts[:600])
+    optouts.publish_suppressed(pipe, "events-test", 100_000, texts[600:])
+    assert pipe.execute() == [600, 603]
+    stored = real_redis.xrange("events-test")
+    assert [fields[b"data"].decode() for _, fields in stored] == texts
 
 
 # --- retention -----------------------------------------------------------------------------------

@@ -56,6 +56,21 @@ class RateParams:
         return cls(interval_us, limit, window_us, catchup_us, unit == "segment", allowance_us)
 
     @property
+    def margin_us(self) -> float:
+        """How much longer `limit` paced slots take than the cap's window: the lateness (or
+        bunching) of claims that never meets the cap."""
+        return self.limit * self.interval_us - self.window_us
+
+    def span_units(self, span_s: float) -> int:
+        """Units one claim call should reserve for the caller's next call: about span_s of
+        slots, but no more than spread over half the margin, since they are claimed together
+        at the last one's slot (3 units at 300/s bunched 6.8 ms and met the cap, costing 1%
+        of the rate with 8 processes; ops/bench rate scenario)."""
+        by_span = round(span_s * 1_000_000 / self.interval_us)
+        by_margin = 1 + math.floor(self.margin_us / 2 / self.interval_us)
+        return max(1, min(by_span, by_margin))
+
+    @property
     def per_s(self) -> float:
         """The paced rate in units per second."""
         return 1_000_000 / self.interval_us

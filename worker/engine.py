@@ -305,7 +305,7 @@ class Engine:
 
     async def _claim_loop(self, lane: Lane) -> None:
         loop = asyncio.get_running_loop()
-        span_units = max(1, round(SPAN_S * 1_000_000 / lane.rate.interval_us))
+        span_units = lane.rate.span_units(SPAN_S)
         delay = REDIS_RETRY_S
         while not self.stopping:
             now = loop.time()

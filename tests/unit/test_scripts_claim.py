@@ -483,6 +483,20 @@ def test_rate_params_of_a_rate() -> None:
     default = RateParams.of(100, 0.98)
     assert default.limit * default.interval_us - default.window_us > 5_000
     assert default.window_us - 1_000_000 == default.allowance_us > 15_000
+
+
+def test_a_claim_reserves_no_more_than_half_the_margin_of_slots() -> None:
+    # Claimed together at the last one's slot, reserved units bunch: never more than half the
+    # margin between the pace and the cap, and about span_s of slots where that is less.
+    for rate in (1, 100, 300, 1000, 10_000):
+        params = RateParams.of(rate, 0.98)
+        units = params.span_units(0.01)
+        assert units >= 1
+        assert (units - 1) * params.interval_us <= params.margin_us / 2
+        assert units <= max(1, round(10_000 / params.interval_us))
+    assert RateParams.of(300, 0.98).span_units(0.01) == 1
+    assert RateParams.of(10_000, 0.98).span_units(0.01) == 26
+    assert RateParams.of(10_000, 1.0).span_units(0.01) == 1
     assert RateParams.of(0.5, 1.0).limit == 1
     assert RateParams.of(10, 1.0, "segment").by_segment
 

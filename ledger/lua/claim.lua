@@ -54,9 +54,15 @@ local cap_wait = -1
 -- Slots further in the past than the catch-up went unused: nobody had work for them, or
 -- every worker was late. Counted (the trunk's `idle` field), then forgotten.
 local idle = 0
+-- After such a pause the trunk starts again with no more past slots than half the margin
+-- between the pace and the cap (RateParams.margin_us) holds: a burst of catch-up slots whose
+-- first requests were slow on the wire (new connections) put 303 in a second at 300/s. With
+-- no margin (SMSQ_RATE_HEADROOM 1, which allows no lateness on the wire either), the whole
+-- catch-up.
 if tat < now - catchup then
   if tat > 0 then idle = math.floor((now - catchup - tat) / interval) end
-  tat = now - catchup
+  local margin = limit * interval - window
+  tat = now - (margin > 0 and math.min(catchup, margin / 2) or catchup)
 end
 
 -- Units to claim with: the caller's due ones first, then free slots in the past.

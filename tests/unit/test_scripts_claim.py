@@ -516,6 +516,21 @@ def test_a_first_claim_takes_free_slots_only_up_to_the_catch_up(
     assert window_units(real_redis) == 21
 
 
+def test_after_a_pause_a_first_claim_takes_past_slots_only_within_half_the_margin(
+    real_ledger, real_campaign, real_redis
+) -> None:
+    # At 1,000/s and the default headroom the margin is 5.1 ms: slots in the last 2.55 ms, 3.
+    rate = RateParams.of(1000, 0.98)
+    cid = real_campaign(50)
+
+    async def go(ledger):
+        return await claim(ledger, cid, range(50), rate=rate)
+
+    reply = run(real_ledger, go)
+    assert len(reply.claimed) == 1 + int(rate.margin_us / 2 // rate.interval_us) == 3
+    assert window_units(real_redis) == 3
+
+
 def test_want_reserves_units_paced_interval_apart(real_ledger, real_campaign, real_redis) -> None:
     cid = real_campaign(1)
 

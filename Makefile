@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@ops/require-redis.sh
 	@$(BIN)/ruff check .
-	@$(BIN)/python -m pytest -n 2 -m "not serial"
+	@$(BIN)/python -m pytest -n 2 -m "not serial" --durations=12
 	@$(BIN)/python -m pytest -m serial
 
 # The benchmark against the simulator (about 12 minutes on 2 cores; ARGS="--only enqueue"

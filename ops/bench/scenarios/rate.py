@@ -32,8 +32,32 @@ BASELINE_LIMIT_PER_S = 100
 BASELINE_WORKERS = 4
 
 
+class Accuracy:
+    """The two targets, judged on a run's mean rate and fullest window (trunks.py too)."""
+
+    limit: int
+    mean_per_s: float
+    max_window: int
+
+    @property
+    def mean_share(self) -> float:
+        return self.mean_per_s / self.limit
+
+    @property
+    def window_share(self) -> float:
+        return self.max_window / self.limit
+
+    @property
+    def mean_ok(self) -> bool:
+        return self.mean_share >= TARGET_MEAN_SHARE
+
+    @property
+    def window_ok(self) -> bool:
+        return self.window_share <= TARGET_WINDOW_SHARE
+
+
 @dataclass
-class Run:
+class Run(Accuracy):
     """One campaign sent under one limit, by one layout of workers, at one API latency."""
 
     limit: int
@@ -53,22 +77,6 @@ class Run:
     # Redis busy with one command past its slowlog threshold (10 ms): how often, how long.
     slow_redis: str
     cpu: str
-
-    @property
-    def mean_share(self) -> float:
-        return self.mean_per_s / self.limit
-
-    @property
-    def window_share(self) -> float:
-        return self.max_window / self.limit
-
-    @property
-    def mean_ok(self) -> bool:
-        return self.mean_share >= TARGET_MEAN_SHARE
-
-    @property
-    def window_ok(self) -> bool:
-        return self.window_share <= TARGET_WINDOW_SHARE
 
     @property
     def verdict(self) -> str:

@@ -25,12 +25,11 @@ from ledger.settings import DEFAULT_TRUNK
 from ops.bench.harness import SOURCE, TEXT, BenchStack, Context, numbers
 from ops.bench.measure import CpuMeter, fullest_window, mean_rate
 from ops.bench.report import Row, ScenarioResult, grid
+from ops.bench.scenarios.rate import TARGET_MEAN_SHARE, TARGET_WINDOW_SHARE, Accuracy
 from ops.bench.sizes import Layout
 from ops.stack import Proc, free_port, wait_for
 
 NAME = "trunks"
-TARGET_MEAN_SHARE = 0.97
-TARGET_WINDOW_SHARE = 1.0
 LAYOUT = Layout(2, 2)
 SECOND = "b"
 SECOND_USER = "trunk-b-user"
@@ -38,7 +37,7 @@ SECOND_PASSWORD = "trunk-b-password-not-secret"
 
 
 @dataclass
-class Leg:
+class Leg(Accuracy):
     """One trunk's campaign in one run."""
 
     trunk: str
@@ -52,16 +51,8 @@ class Leg:
     longest_gap_s: float
 
     @property
-    def mean_share(self) -> float:
-        return self.mean_per_s / self.limit
-
-    @property
-    def window_share(self) -> float:
-        return self.max_window / self.limit
-
-    @property
     def ok(self) -> bool:
-        return self.mean_share >= TARGET_MEAN_SHARE and self.window_share <= TARGET_WINDOW_SHARE
+        return self.mean_ok and self.window_ok
 
     def label(self) -> str:
         return f"trunk {self.trunk} at {self.limit}/s, {self.latency_ms:.0f} ms"

@@ -71,21 +71,17 @@ def _callbacks(stats: dict[str, int]) -> int:
     return sum(stats.get(name, 0) for name in CALLBACK_STATS)
 
 
+# What a row of the campaigns list shows of a campaign's status (Status.as_dict).
+SUMMARY_FIELDS = (
+    "campaign_id", "name", "trunk", "created_at", "send_at", "state", "total", "counts",
+    "rate_per_s",
+)  # fmt: skip
+
+
 def summary(status: Status) -> dict[str, Any]:
     """One row of the campaigns list."""
-    c = status.campaign
-    return {
-        "campaign_id": c.id,
-        "name": c.name,
-        "trunk": c.trunk,
-        "created_at": c.created_at,
-        "send_at": c.send_at or None,
-        "state": status.state,
-        "total": c.total,
-        "counts": status.counts,
-        "rate_per_s": round(status.rate_per_s, 2),
-        "progress": _progress(status),
-    }
+    full = status.as_dict()
+    return {**{name: full[name] for name in SUMMARY_FIELDS}, "progress": _progress(status)}
 
 
 async def campaigns(ledger: Ledger, limit: int = MAX_CAMPAIGNS) -> dict[str, Any]:

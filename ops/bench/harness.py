@@ -232,9 +232,10 @@ class BenchStack:
         """Forget every request and message the simulator recorded."""
         self.stack.sim("reset", {})
 
-    def arrivals(self) -> list[float]:
-        """When each request the simulator answered 201 arrived (Unix seconds), in order."""
-        url = f"{self.stack.simulator_url}/_sim/requests"
+    def arrivals(self, simulator_url: str = "") -> list[float]:
+        """When each request the simulator (this stack's, or the one at simulator_url)
+        answered 201 arrived (Unix seconds), in order."""
+        url = f"{simulator_url or self.stack.simulator_url}/_sim/requests"
         requests = httpx.get(url, timeout=60).json()
         return [at for at, outcome in requests if outcome == 201]
 

@@ -96,7 +96,7 @@ def run(ctx: Context) -> ScenarioResult:
             meter.stop()
             cpu.append(f"{latency_ms:.0f} ms: {meter.describe()}")
             for trunk, url in urls.items():
-                times = sorted(_arrivals(url))
+                times = sorted(bench.arrivals(url))
                 idle = bench.redis.hget(keys.rate(trunk), "idle") or 0
                 gaps = [b - a for a, b in itertools.pairwise(times)]
                 legs.append(
@@ -192,8 +192,3 @@ def _enqueue_together(
             raise RuntimeError(f"smsq send --trunk {trunk} exited {proc.returncode}: {err[-400:]}")
         cids[trunk] = json.loads(out)["campaign_id"]
     return cids
-
-
-def _arrivals(url: str) -> list[float]:
-    requests = httpx.get(f"{url}/_sim/requests", timeout=60).json()
-    return [at for at, outcome in requests if outcome == 201]

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from callbacks.app import create_app
 from ledger.errors import ConfigError
 from ledger.settings import Settings
-from ledger.web import serve
+from web import serve
 
 log = structlog.stdlib.get_logger("smsq.callbacks")
 

@@ -27,7 +27,7 @@ from callbacks.document import InvalidCallback, parse
 from callbacks.metrics import CALLBACKS, Cached, exposition, observe_callback_lag, redis_figures
 from ledger.settings import Settings
 from ledger.store import Ledger
-from ledger.web import BodyTooLarge, read_limited
+from web import BodyTooLarge, read_limited
 
 log = structlog.stdlib.get_logger("smsq.callbacks")
 

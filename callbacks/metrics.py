@@ -17,10 +17,11 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE
 from ledger import keys
 from ledger.callback_store import utc_seconds
-from ledger.dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE
-from ledger.hotpath import RateParams
+from ledger.campaigns import CampaignHead, queue_read_head
+from ledger.rate import RateParams
 from ledger.states import ALL_STATES, CampaignState, State
 from ledger.store import Ledger
 
@@ -37,8 +38,6 @@ MAX_CLOCK_SKEW_S = 60.0
 # Nor one this far behind: DIDWW retries a callback for about a day, and the ledger forgets a
 # DIDWW id after a week (SMSQ_DIDWW_ID_TTL_S's default).
 MAX_LAG_S = 7 * 24 * 3600.0
-# What the scrape reads of each campaign's hash.
-CAMPAIGN_FIELDS = ("created_at", "send_at", "state", "trunk", "segments", "window", "priority")
 # Messages that went (or are going) out to DIDWW, so spent the trunk's rate.
 POSTED = tuple(
     s
@@ -116,22 +115,25 @@ class Cached(Generic[T]):
 class _Campaign:
     """What the scrape needs of one campaign."""
 
-    cid: str
+    head: CampaignHead
     counts: dict[str, int]
-    fields: dict[str, str]
+
+    @property
+    def cid(self) -> str:
+        return self.head.id
 
     @property
     def start(self) -> float:
         """When it was due to begin: its send_at, or its creation."""
-        return float(self.fields["send_at"] or self.fields["created_at"] or 0)
+        return self.head.start
 
     def sending(self, now: float) -> bool:
         """Posting its queued messages now (not paused, cancelled, not yet due, nor held to
         quiet hours, whose pace its expected finish cannot know)."""
-        state = self.fields["state"] or CampaignState.ACTIVE
+        state, window = self.head.state, self.head.window
         if state == CampaignState.SCHEDULED:
-            return self.start <= now and not self.fields["window"]
-        return state == CampaignState.ACTIVE and not self.fields["window"]
+            return self.start <= now and not window
+        return state == CampaignState.ACTIVE and not window
 
 
 def _overdue(
@@ -148,16 +150,16 @@ def _overdue(
     """
     finish: dict[tuple[str, bool], float] = {}
     overdue = []
-    for c in sorted(campaigns, key=lambda c: (c.start, float(c.fields["created_at"] or 0))):
-        trunk = c.fields["trunk"] or "default"
+    for c in sorted(campaigns, key=lambda c: (c.start, c.head.created_at)):
+        trunk = c.head.trunk
         per_s = paced_per_s.get(trunk)
         if per_s is None or not 0 < c.start <= now:
             continue  # a trunk no longer configured, an unreadable hash, or not begun
         sending = c.sending(now)
         queued = c.counts.get(State.QUEUED, 0)
         messages = sum(c.counts.get(s, 0) for s in POSTED) + (queued if sending else 0)
-        units = messages * (max(1, int(c.fields["segments"] or 1)) if by_segment else 1)
-        line = (trunk, c.fields["priority"] == "1")
+        units = messages * (max(1, c.head.segments) if by_segment else 1)
+        line = (trunk, c.head.priority)
         finish[line] = max(c.start, finish.get(line, 0.0)) + units / per_s
         if sending and queued > 0 and now > finish[line]:
             overdue.append((trunk, c.cid, now - finish[line]))
@@ -181,7 +183,7 @@ async def redis_figures(ledger: Ledger) -> dict[str, Any]:
     pipe = redis.pipeline(transaction=False)
     for cid in cids:
         pipe.hgetall(keys.counts(cid))
-        pipe.hmget(keys.campaign(cid), CAMPAIGN_FIELDS)
+        queue_read_head(pipe, cid)
     pipe.llen(CAMPAIGN_QUEUE)
     pipe.llen(PRIORITY_QUEUE)
     pipe.xlen(ledger.stream)
@@ -192,9 +194,7 @@ async def redis_figures(ledger: Ledger) -> dict[str, Any]:
     oldest = None
     for i, cid in enumerate(cids):
         counts = {k.decode(): int(v) for k, v in replies[2 * i].items()}
-        values = replies[2 * i + 1]
-        fields = {n: (v or b"").decode() for n, v in zip(CAMPAIGN_FIELDS, values, strict=True)}
-        campaign = _Campaign(cid, counts, fields)
+        campaign = _Campaign(CampaignHead.from_values(cid, replies[2 * i + 1]), counts)
         campaigns.append(campaign)
         for state, n in counts.items():
             by_state[state] = by_state.get(state, 0) + n

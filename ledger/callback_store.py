@@ -7,13 +7,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ledger import events, keys, records
+from ledger.core import LedgerCore
 from ledger.states import State
-
-if TYPE_CHECKING:
-    from ledger.store import Ledger
 
 
 def utc_seconds(value: Any) -> float | None:
@@ -53,10 +51,10 @@ class CallbackUpdate:
         return max(0, round(end - start)) if start is not None and end is not None else 0
 
 
-class CallbackStore:
-    """Mixed into ledger.store.Ledger."""
+class CallbackStore(LedgerCore):
+    """Part of ledger.store.Ledger."""
 
-    async def apply_callback(self: Ledger, update: CallbackUpdate) -> str:
+    async def apply_callback(self, update: CallbackUpdate) -> str:
         """Apply a callback; returns applied, late (it settled an unconfirmed or unknown
         message), orphan (kept: for its 201, or to be matched by settle_orphans), duplicate
         or missing."""

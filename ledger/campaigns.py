@@ -1,16 +1,24 @@
-"""A campaign as stored (its hash), its counts and records, and its status: what the
-`smsq` command, the HTTP API and the workers read about a campaign.
+"""A campaign as stored: its hash (the Campaign type is the one home of that format), its
+template values, its counts and records, and its status: what the `smsq` command, the HTTP
+API, the workers and the ingester read about a campaign (docs/architecture.md §3).
+
+The Lua scripts read some of the hash's fields too (batch_size, source, trunk, state,
+send_at, expires_at, done_at); tests/unit/test_campaigns.py checks they name only fields
+this module writes.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from redis.exceptions import WatchError
 
 from ledger import keys, records
+from ledger.quiet_hours import QuietHours
 from ledger.records import Record
 from ledger.states import PENDING, CampaignState, State
 
@@ -26,8 +34,48 @@ SCAN_BATCHES = 100
 FIELD_SEPARATOR = "\x1f"
 
 
+def _time(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _optional_time(value: float | None) -> str:
+    return f"{value:.3f}" if value else ""
+
+
+def _read_optional_time(text: str) -> float | None:
+    return float(text) if text else None
+
+
+# Per attribute: (stored form, read back, default when the field is absent). Absent fields
+# are those of campaigns written before the field existed.
+_CODEC: dict[str, tuple[Callable[[Any], str], Callable[[str], Any], str | None]] = {
+    "source": (str, str, None),
+    "text": (str, str, None),
+    "name": (str, str, ""),
+    "trunk": (str, str, "default"),
+    "total": (str, int, None),
+    "batch_size": (str, int, None),
+    "batches": (str, int, None),
+    "created_at": (_time, float, None),
+    "expires_at": (_time, float, None),
+    "state": (str, str, CampaignState.ACTIVE),
+    "encoding": (str, str, ""),
+    "segments": (str, int, "0"),
+    "priority": (lambda v: "1" if v else "0", lambda t: t == "1", "0"),
+    "send_at": (_optional_time, lambda t: float(t or 0), ""),
+    "fields": (",".join, lambda t: tuple(f for f in t.split(",") if f), ""),
+    "window": (str, str, ""),
+    "timezone": (str, str, ""),
+    "parent": (str, str, ""),
+    "done_at": (_optional_time, _read_optional_time, ""),
+    "enqueue": (json.dumps, lambda t: json.loads(t) if t else {}, ""),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Campaign:
+    """A campaign's hash ``smsq:campaign:{cid}``: each attribute but `id` is one field."""
+
     id: str
     source: str
     text: str
@@ -48,34 +96,48 @@ class Campaign:
     timezone: str = ""
     parent: str = ""
     done_at: float | None = None
+    # What the enqueue reported besides the messages (rejected, duplicates, ...), for status.
     enqueue: dict[str, Any] = field(default_factory=dict)
 
+    # The hash's fields: every attribute but the id.
+    FIELDS: ClassVar[tuple[str, ...]] = tuple(_CODEC)
+
+    def to_hash(self) -> dict[str, str]:
+        """The hash as stored; done_at only once there is one (the scripts set it with
+        HSETNX when the last message settles)."""
+        out = self.encode(**{name: getattr(self, name) for name in _CODEC})
+        if self.done_at is None:
+            del out["done_at"]
+        return out
+
+    @staticmethod
+    def encode(**values: Any) -> dict[str, str]:
+        """Some attributes in their stored form, for a change of those fields alone."""
+        unknown = set(values) - set(_CODEC)
+        if unknown:
+            raise ValueError(f"not a campaign field: {', '.join(sorted(unknown))}")
+        return {name: _CODEC[name][0](value) for name, value in values.items()}
+
     @classmethod
-    def from_hash(cls, cid: str, raw: dict[bytes, bytes]) -> Campaign:
-        h = {k.decode(): v.decode() for k, v in raw.items()}
-        return cls(
-            id=cid,
-            source=h["source"],
-            text=h["text"],
-            name=h.get("name", ""),
-            trunk=h.get("trunk", "default"),
-            total=int(h["total"]),
-            batch_size=int(h["batch_size"]),
-            batches=int(h["batches"]),
-            created_at=float(h["created_at"]),
-            expires_at=float(h["expires_at"]),
-            state=h.get("state", CampaignState.ACTIVE),
-            encoding=h.get("encoding", ""),
-            segments=int(h.get("segments", "0")),
-            priority=h.get("priority") == "1",
-            send_at=float(h.get("send_at") or 0),
-            fields=tuple(f for f in h.get("fields", "").split(",") if f),
-            window=h.get("window", ""),
-            timezone=h.get("timezone", ""),
-            parent=h.get("parent", ""),
-            done_at=float(h["done_at"]) if h.get("done_at") else None,
-            enqueue=json.loads(h["enqueue"]) if h.get("enqueue") else {},
-        )
+    def stored(cls, cid: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> Campaign | None:
+        """The campaign a hash holds, or None for a hash that is not a whole campaign (one
+        being written or purged, or no hash at all)."""
+        try:
+            return cls.from_hash(cid, raw) if raw else None
+        except KeyError:
+            return None
+
+    @classmethod
+    def from_hash(cls, cid: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> Campaign:
+        """The campaign a hash holds; KeyError if it lacks a field every campaign has."""
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        values: dict[str, Any] = {}
+        for name, (_, read, default) in _CODEC.items():
+            text = h.get(name, default)
+            if text is None:
+                raise KeyError(name)
+            values[name] = read(text)
+        return cls(id=cid, **values)
 
     def batch_of(self, index: int) -> int:
         return index // self.batch_size
@@ -89,6 +151,109 @@ class Campaign:
     @property
     def templated(self) -> bool:
         return bool(self.fields)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignHead:
+    """What a scan of many campaigns reads of each: the figures of Campaign that say when and
+    how fast it sends, without its text (the metrics scrape reads a thousand at once)."""
+
+    id: str
+    created_at: float
+    send_at: float
+    state: str
+    trunk: str
+    segments: int
+    window: str
+    priority: bool
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "created_at",
+        "send_at",
+        "state",
+        "trunk",
+        "segments",
+        "window",
+        "priority",
+    )
+
+    @classmethod
+    def from_values(cls, cid: str, values: Sequence[bytes | str | None]) -> CampaignHead:
+        """From an HMGET of FIELDS; a field missing (a hash half written or purged) reads as
+        its default, and an unreadable hash as a campaign that has not begun."""
+        found: dict[str, Any] = {}
+        for name, value in zip(cls.FIELDS, values, strict=True):
+            _, read, default = _CODEC[name]
+            text = _text(value) if value else (default or "")
+            try:
+                found[name] = read(text)
+            except ValueError:
+                found[name] = read(default or "0")
+        return cls(id=cid, **found)
+
+    @property
+    def start(self) -> float:
+        """When it was due to begin: its send_at, or its creation."""
+        return self.send_at or self.created_at
+
+
+def queue_read_head(pipe: Any, cid: str) -> None:
+    """Queue on a pipeline the read CampaignHead.from_values decodes."""
+    pipe.hmget(keys.campaign(cid), CampaignHead.FIELDS)
+
+
+# --- template values: smsq:campaign:{cid}:fields:{b} ----------------------------------------
+
+
+def values_hash(first_index: int, values: Sequence[str]) -> dict[bytes, bytes]:
+    """The fields hash of a batch whose messages from first_index on have these values (each
+    already joined with FIELD_SEPARATOR). Keys and values are given as bytes, as redis-py
+    would encode them: its encoder per argument costs more (docs/performance.md)."""
+    return {b"%d" % n: v.encode() for n, v in enumerate(values, first_index)}
+
+
+def decode_values(raw: Mapping[bytes, bytes]) -> dict[int, str]:
+    """A batch's fields hash: message index -> its values, joined."""
+    return {int(k): v.decode() for k, v in raw.items()}
+
+
+def split_values(joined: str) -> list[str]:
+    return joined.split(FIELD_SEPARATOR)
+
+
+def join_values(values: Sequence[str]) -> str:
+    return FIELD_SEPARATOR.join(values)
+
+
+# --- writing a new campaign -------------------------------------------------------------------
+
+
+def queue_store(
+    pipe: Any,
+    campaign: Campaign,
+    counts: Mapping[str, int],
+    *,
+    quiet_hours: QuietHours | None = None,
+    urgent: Sequence[tuple[int, int]] = (),
+) -> None:
+    """Queue on a transaction pipeline (redis or redis.asyncio) what makes a written campaign
+    exist, its batches being stored already: its counts, its hash, its quiet hours, its place
+    in the campaigns index, its urgent messages (batch, index) in the trunk's lane and, for a
+    campaign done at once (everyone opted out), its place in the retention set."""
+    pipe.hset(keys.counts(campaign.id), mapping=dict(counts))
+    pipe.hset(keys.campaign(campaign.id), mapping=campaign.to_hash())
+    if quiet_hours is not None:
+        pipe.hset(keys.windows(campaign.id), mapping=quiet_hours.to_hash())
+    pipe.zadd(keys.campaigns(), {campaign.id: campaign.created_at})
+    members = [keys.urgent_member(campaign.id, b, index) for b, index in urgent]
+    for start in range(0, len(members), 1000):
+        pipe.rpush(keys.urgent(campaign.trunk), *members[start : start + 1000])
+    if campaign.done_at is not None:
+        pipe.zadd(keys.retention(), {campaign.id: campaign.done_at})
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +341,31 @@ class Status:
 async def read_campaign(redis: Redis, cid: str) -> Campaign | None:
     if not keys.CAMPAIGN_ID.fullmatch(cid):
         return None
-    raw = await redis.hgetall(keys.campaign(cid))
-    return Campaign.from_hash(cid, raw) if raw and b"batches" in raw else None
+    return Campaign.stored(cid, await redis.hgetall(keys.campaign(cid)))
+
+
+async def set_state(redis: Redis, cid: str, state: CampaignState) -> bool:
+    """Pause, resume or cancel a campaign; a cancelled campaign stays cancelled, even when a
+    pause races a cancel (WATCH makes the read and the write one step). Resuming a scheduled
+    campaign keeps it scheduled. False if there is no such campaign, or it is cancelled."""
+    key = keys.campaign(cid)
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                c = Campaign.stored(cid, await pipe.hgetall(key))
+                if c is None:
+                    return False
+                if c.state == CampaignState.CANCELLED:
+                    return state == CampaignState.CANCELLED
+                if c.state == CampaignState.SCHEDULED and state == CampaignState.ACTIVE:
+                    return True
+                pipe.multi()
+                pipe.hset(key, mapping=Campaign.encode(state=str(state)))
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue
 
 
 async def read_counts(redis: Redis, cid: str) -> dict[str, int]:

@@ -19,8 +19,6 @@ AUTH_FAILED = "auth_failed"
 AUTH_RESTORED = "auth_restored"
 API_UNAVAILABLE = "api_unavailable"
 API_RESTORED = "api_restored"
-# Redis would lose the ledger on a restart (AOF off) or under memory pressure (eviction).
-REDIS_UNSAFE = "redis_unsafe"
 
 
 def now_iso() -> str:

@@ -5,75 +5,13 @@ carries many messages, so a busy worker spends well under one round trip per mes
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ledger import keys
-
-if TYPE_CHECKING:
-    from ledger.store import Ledger
-
-# How far in the past unreserved slots may still be taken, at most: a caller that wakes late
-# loses nothing, and what it takes at once stays a small burst.
-CATCHUP_S = 0.02
-# The share of the headroom (1 - SMSQ_RATE_HEADROOM of a second) kept between the pace and the
-# hard cap; the rest is the lateness a request may have on its way (RateParams.of).
-CAP_MARGIN = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class RateParams:
-    """A trunk's limit as the claim script applies it: `limit` units in any `window_us` on
-    Redis's clock (the hard cap), paced `interval_us` apart."""
-
-    interval_us: float
-    limit: int
-    window_us: int
-    catchup_us: int
-    by_segment: bool
-    # How much later than its claim a request may arrive without pushing any one second
-    # over the limit: the window's length beyond the time `limit` units take at the rate.
-    allowance_us: int = 0
-
-    @classmethod
-    def of(cls, rate_per_s: float, headroom: float, unit: str = "message") -> RateParams:
-        """rate_per_s units per second: paced at headroom x the rate, and at most floor(rate)
-        (at least 1) in any window a little longer than a second's worth, so the arrivals
-        DIDWW sees, jittered by up to that much (`allowance_us`), never exceed the rate in any
-        second. The window is shorter than `limit` paced slots by CAP_MARGIN of the headroom,
-        so callers late by a few milliseconds do not meet the cap: each time they did, the
-        cap pushed that claim later and the push came back a window later, costing about 2.5%
-        of the rate with 4 processes at 100/s (ops/bench rate scenario, before the margin)."""
-        limit = max(1, math.floor(rate_per_s))
-        nominal_us = limit / rate_per_s * 1_000_000
-        paced_us = nominal_us / headroom
-        allowance_us = round((paced_us - nominal_us) * (1 - CAP_MARGIN))
-        window_us = round(nominal_us) + allowance_us
-        interval_us = paced_us / limit
-        catchup_us = round(min(CATCHUP_S * 1_000_000, window_us / 4))
-        return cls(interval_us, limit, window_us, catchup_us, unit == "segment", allowance_us)
-
-    @property
-    def margin_us(self) -> float:
-        """How much longer `limit` paced slots take than the cap's window: the lateness (or
-        bunching) of claims that never meets the cap."""
-        return self.limit * self.interval_us - self.window_us
-
-    def span_units(self, span_s: float) -> int:
-        """Units one claim call should reserve for the caller's next call: about span_s of
-        slots, but no more than spread over half the margin, since they are claimed together
-        at the last one's slot (3 units at 300/s bunched 6.8 ms and met the cap, costing 1%
-        of the rate with 8 processes; ops/bench rate scenario)."""
-        by_span = round(span_s * 1_000_000 / self.interval_us)
-        by_margin = 1 + math.floor(self.margin_us / 2 / self.interval_us)
-        return max(1, min(by_span, by_margin))
-
-    @property
-    def per_s(self) -> float:
-        """The paced rate in units per second."""
-        return 1_000_000 / self.interval_us
+from ledger.core import LedgerCore
+from ledger.rate import RateParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +114,11 @@ class Recorded:
     settled: list[str]
 
 
-class HotPath:
-    """Mixed into ledger.store.Ledger."""
+class HotPath(LedgerCore):
+    """Part of ledger.store.Ledger."""
 
     async def claim(
-        self: Ledger,
+        self,
         trunk: str,
         owner: int,
         rate: RateParams,
@@ -222,9 +160,7 @@ class HotPath:
         )
         return parse_claim(reply)
 
-    async def record(
-        self: Ledger, results: Sequence[Result], forget: Sequence[str] = ()
-    ) -> Recorded:
+    async def record(self, results: Sequence[Result], forget: Sequence[str] = ()) -> Recorded:
         """Record many answers in one round trip, and forget finished in-flight entries."""
         args: list[Any] = [self.maxlen, self.settings.orphan_ttl_s, len(results), len(forget)]
         args += forget

@@ -235,6 +235,20 @@ def message_id(cid: str, index: int) -> str:
     return f"{cid}-{index}"
 
 
-def parse_message_id(mid: str) -> tuple[str, int]:
-    cid, _, index = mid.rpartition("-")
-    return cid, int(index)
+def urgent_member(cid: str, batch_no: int, index: int) -> str:
+    """How a trunk's urgent lane names a message: ``cid|batch|index``."""
+    return f"{cid}|{batch_no}|{index}"
+
+
+def inflight_field(cid: str, batch_no: int, owner: int) -> str:
+    """How the in-flight hash names a batch held by a worker process: ``cid|batch|owner``."""
+    return f"{cid}|{batch_no}|{owner}"
+
+
+def enqueue_member(cid: str, batches: int) -> str:
+    """How ``smsq:enqueuing`` names an enqueue in progress: ``cid|batches`` (its batch count)."""
+    return f"{cid}|{batches}"
+
+
+def parse_enqueue_member(member: str | bytes) -> tuple[str, int]:
+    return parse_batch_member(member)

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ledger import keys, scripts
+from ledger.core import LedgerCore
 
 if TYPE_CHECKING:
     import redis
     import redis.client
 
-    from ledger.store import Ledger
 
 # Numbers per script call when adding or removing many.
 CHUNK = 2000
@@ -65,10 +65,10 @@ def publish_suppressed(
     publish(keys=[], args=[stream, maxlen, *events], client=pipe)
 
 
-class OptOuts:
-    """Mixed into ledger.store.Ledger. Numbers are normalised (E.164 digits) by the caller."""
+class OptOuts(LedgerCore):
+    """Part of ledger.store.Ledger. Numbers are normalised (E.164 digits) by the caller."""
 
-    async def optout_change(self: Ledger, action: str, numbers: Iterable[str]) -> int:
+    async def optout_change(self, action: str, numbers: Iterable[str]) -> int:
         """action 'add' or 'remove'; returns how many were added or removed."""
         changed, chunk = 0, []
         for number in numbers:
@@ -84,16 +84,16 @@ class OptOuts:
             )
         return changed
 
-    async def optout_contains(self: Ledger, numbers: list[str]) -> list[bool]:
+    async def optout_contains(self, numbers: list[str]) -> list[bool]:
         pipe = self.redis.pipeline(transaction=False)
         for number in numbers:
             pipe.sismember(keys.optout(int(number)), number)
         return [bool(x) for x in await pipe.execute()]
 
-    async def optout_count(self: Ledger) -> int:
+    async def optout_count(self) -> int:
         return int(await self.redis.get(keys.optout_count()) or 0)
 
-    async def optout_numbers(self: Ledger) -> AsyncIterator[str]:
+    async def optout_numbers(self) -> AsyncIterator[str]:
         """Every number on the list (unordered), a bucket at a time; only buckets that exist
         are read."""
         buckets = [k async for k in self.redis.scan_iter(match=keys.optout_pattern(), count=1000)]

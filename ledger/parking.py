@@ -1,46 +1,44 @@
-"""Parked batches: work that waits in Redis, not in a Celery countdown (DESIGN.md 7): a batch
-stopped by a halt, a backoff or spent retries, a scheduled campaign, quiet hours, or a lost
-worker's batch. The workers' supervisors publish each once it is due (ledger/dispatch.py).
+"""Parked batches: work that waits in Redis, not in a Celery countdown (docs/architecture.md
+§8, D10): a batch stopped by a halt, a backoff or spent retries, a scheduled campaign, quiet
+hours, or a lost worker's batch. The workers' supervisors publish each once it is due
+(dispatch/).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING
 
 from ledger import keys
-
-if TYPE_CHECKING:
-    from ledger.store import Ledger
+from ledger.core import LedgerCore
 
 # A parked batch taken to be published is due again after this long if its publisher failed.
 PARK_LEASE_S = 60
 
 
-class Parking:
-    """Mixed into ledger.store.Ledger."""
+class Parking(LedgerCore):
+    """Part of ledger.store.Ledger."""
 
-    async def park(self: Ledger, cid: str, batch_no: int, at: float | None = None) -> None:
+    async def park(self, cid: str, batch_no: int, at: float | None = None) -> None:
         """Park a batch until `at` (Unix seconds; now when None). A batch parked twice keeps
         the earlier time, so parking never delays work that was due sooner; but one being
         published right now (leased) takes the new time, so the new reason is not lost."""
         when = time.time() if at is None else at
         await self.scripts["park"](keys=[], args=[keys.batch_member(cid, batch_no), f"{when:.3f}"])
 
-    async def due_parked(self: Ledger, *, due_only: bool = True, limit: int = 1000) -> list[str]:
+    async def due_parked(self, *, due_only: bool = True, limit: int = 1000) -> list[str]:
         """Members (cid|batch) of parked batches that are due (or all), without taking them:
         take each with lease() just before publishing it."""
         top = time.time() if due_only else "+inf"
         raw = await self.redis.zrangebyscore(keys.parked(), "-inf", top, start=0, num=limit)
         return [m.decode() for m in raw]
 
-    async def next_parked_at(self: Ledger) -> float | None:
+    async def next_parked_at(self) -> float | None:
         """When the earliest parked batch is due, or None if none is parked."""
         first = await self.redis.zrange(keys.parked(), 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
-    async def lease(self: Ledger, member: str, *, force: bool = False) -> tuple[str, str] | None:
+    async def lease(self, member: str, *, force: bool = False) -> tuple[str, str] | None:
         """(token, leased score) for the one caller that takes this parked batch to publish
         it (for PARK_LEASE_S); None if it is not due, gone, or taken by another."""
         token = secrets.token_hex(8)
@@ -52,7 +50,7 @@ class Parking:
             return None
         return token, score.decode() if isinstance(score, bytes) else str(score)
 
-    async def unlease(self: Ledger, member: str, token: str, score: str) -> bool:
+    async def unlease(self, member: str, token: str, score: str) -> bool:
         """The batch was published: remove it, unless it was parked again meanwhile."""
         return bool(
             await self.scripts["unlease"](

@@ -5,60 +5,29 @@ when a 201 was lost, and accepted messages whose callback never comes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from ledger import events, keys
-
-if TYPE_CHECKING:
-    from ledger.store import Ledger
+from ledger.core import LedgerCore
 
 # Batches (or kept callbacks) one supervisor call looks at, so no script runs long.
 SCRIPT_BATCH = 200
 
 
-def inflight_field(cid: str, batch_no: int, owner: int) -> str:
-    return f"{cid}|{batch_no}|{owner}"
+class Recovery(LedgerCore):
+    """Part of ledger.store.Ledger."""
 
-
-class Recovery:
-    """Mixed into ledger.store.Ledger."""
-
-    async def stalled_enqueues(self: Ledger, stall_s: float) -> list[tuple[str, int, float]]:
-        """(campaign, batches, last move) of enqueues whose producer has not moved for stall_s
-        (it died, or lost Redis, before queueing everything)."""
-        top = time.time() - stall_s
-        found = []
-        for member, score in await self.redis.zrangebyscore(
-            keys.enqueuing(), "-inf", top, withscores=True
-        ):
-            cid, batches = keys.parse_batch_member(member)
-            found.append((cid, batches, float(score)))
-        return found
-
-    async def forget_enqueue(self: Ledger, cid: str, batches: int) -> None:
-        await self.redis.zrem(keys.enqueuing(), keys.batch_member(cid, batches))
-
-    async def discard_partial(self: Ledger, cid: str, batches: int) -> None:
-        """Delete what an enqueue that never stored its campaign wrote (its batches)."""
-        names = [keys.batch(cid, b) for b in range(batches)]
-        names += [keys.fields(cid, b) for b in range(batches)]
-        for start in range(0, len(names), 500):
-            await self.redis.unlink(*names[start : start + 500])
-        await self.forget_enqueue(cid, batches)
-
-    async def new_owner(self: Ledger) -> int:
+    async def new_owner(self) -> int:
         """A number for a worker process (the owner of its claims), unique for this Redis."""
         return int(await self.redis.incr(keys.owners()))
 
-    async def hold(self: Ledger, cid: str, batch_no: int, owner: int) -> None:
+    async def hold(self, cid: str, batch_no: int, owner: int) -> None:
         """A worker process takes a batch: its in-flight entry starts beating."""
         await self.scripts["hold"](
-            keys=[keys.inflight()], args=[inflight_field(cid, batch_no, owner)]
+            keys=[keys.inflight()], args=[keys.inflight_field(cid, batch_no, owner)]
         )
 
-    async def beat(self: Ledger, fields: Sequence[str]) -> list[str]:
+    async def beat(self, fields: Sequence[str]) -> list[str]:
         """Refresh the heartbeat of held batches; returns the fields another worker recovered
         meanwhile (the caller lets those batches go)."""
         if not fields:
@@ -66,7 +35,7 @@ class Recovery:
         gone = await self.scripts["beat"](keys=[keys.inflight()], args=list(fields))
         return [g.decode() if isinstance(g, bytes) else str(g) for g in gone]
 
-    async def silent_batches(self: Ledger, silence_s: float) -> list[str]:
+    async def silent_batches(self, silence_s: float) -> list[str]:
         """In-flight fields (cid|batch|owner) whose owner has not beaten for silence_s."""
         now, _ = await self.redis.time()
         return [
@@ -75,7 +44,7 @@ class Recovery:
             if int(beat) < now - silence_s
         ]
 
-    async def recover(self: Ledger, field: str, silence_s: float) -> int:
+    async def recover(self, field: str, silence_s: float) -> int:
         """Recover a lost owner's batch in one atomic step (ledger/lua/recover.lua): its
         claims become unknown, the batch is parked, the entry forgotten. -1 if the owner beat
         again meanwhile (nothing is touched)."""
@@ -96,7 +65,7 @@ class Recovery:
             )
         )
 
-    async def settle_orphans(self: Ledger, settle_after_s: float) -> int:
+    async def settle_orphans(self, settle_after_s: float) -> int:
         """Match callbacks kept longer than settle_after_s to unknown messages with the same
         source and destination posted nearest in time (within SMSQ_MATCH_WINDOW_S), and
         settle those; never while a message to that pair is sending. Returns how many."""
@@ -113,7 +82,7 @@ class Recovery:
         )
         return int(reply)
 
-    async def unconfirm(self: Ledger, timeout_s: float) -> int:
+    async def unconfirm(self, timeout_s: float) -> int:
         """Accepted messages with no callback for timeout_s become unconfirmed."""
         base = events.message_event(None, None, "", "", None)
         return int(
@@ -124,4 +93,4 @@ class Recovery:
         )
 
 
-__all__ = ["Recovery", "inflight_field"]
+__all__ = ["Recovery"]

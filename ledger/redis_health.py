@@ -1,4 +1,4 @@
-"""What makes a Redis unsafe for the ledger (DESIGN.md 7 and 11): AOF off, so a restart
+"""What makes a Redis unsafe for the ledger (docs/architecture.md D11): AOF off, so a restart
 loses queued and sent state; an eviction policy, or keys already evicted; memory near its
 limit. Every component warns once at start, and `smsq status` shows it.
 """

@@ -1,34 +1,31 @@
-"""Everything ends and is forgotten (DESIGN.md 11): a campaign is purged SMSQ_RETENTION_S
-after it is done, or at once with `smsq purge`: every key it owns goes, and its entries in
-the DIDWW-id index.
+"""Everything ends and is forgotten (docs/architecture.md D11): a campaign is purged
+SMSQ_RETENTION_S after it is done, or at once with `smsq purge`: every key it owns goes, and
+its entries in the DIDWW-id index.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from ledger import keys
 from ledger.campaigns import read_campaign, scan_records
-
-if TYPE_CHECKING:
-    from ledger.store import Ledger
+from ledger.core import LedgerCore
 
 # Keys deleted, or index buckets filtered, per round trip.
 PURGE_CHUNK = 500
 BUCKETS_PER_CALL = 64
 
 
-class Retention:
-    """Mixed into ledger.store.Ledger."""
+class Retention(LedgerCore):
+    """Part of ledger.store.Ledger."""
 
-    async def due_purges(self: Ledger, retention_s: float, limit: int = 10) -> list[str]:
+    async def due_purges(self, retention_s: float, limit: int = 10) -> list[str]:
         """Campaigns done longer than retention_s ago."""
         top = time.time() - retention_s
         raw = await self.redis.zrangebyscore(keys.retention(), "-inf", top, start=0, num=limit)
         return [c.decode() for c in raw]
 
-    async def purge(self: Ledger, cid: str) -> bool:
+    async def purge(self, cid: str) -> bool:
         """Delete a campaign and everything it owns; False if there was no such campaign.
         Safe to repeat: a purge cut short is finished by the next one."""
         c = await read_campaign(self.redis, cid)

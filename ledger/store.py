@@ -2,9 +2,10 @@
 
 Each change runs as one Lua script (ledger/lua/), so a message moves at most once and its
 event is published in the same atomic step; a task Celery delivers twice cannot send anything
-twice. The Ledger gathers one concern per module: the hot path (hotpath.py), callbacks
-(callback_store.py), trunk flags (trunks.py), parked work (parking.py), recovery
-(recovery.py), retention (retention.py) and the opt-out list (optouts.py).
+twice. The Ledger gathers one concern per module, each built on ledger/core.py: the hot path
+(hotpath.py), callbacks (callback_store.py), trunk flags (trunks.py), parked work
+(parking.py), recovery (recovery.py), enqueues in progress (enqueuing.py), retention
+(retention.py) and the opt-out list (optouts.py).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import ResponseError
 
-from ledger import events, keys, records
+from ledger import campaigns, events, keys, quiet_hours, records
 from ledger.callback_store import CallbackStore, CallbackUpdate
 from ledger.campaigns import (
     Campaign,
@@ -25,6 +26,7 @@ from ledger.campaigns import (
     read_counts,
     send_rate,
 )
+from ledger.enqueuing import Enqueuing
 from ledger.hotpath import HotPath
 from ledger.optouts import OptOuts
 from ledger.parking import Parking
@@ -32,24 +34,14 @@ from ledger.records import Record
 from ledger.recovery import Recovery
 from ledger.redis_health import unsafe
 from ledger.retention import Retention
-from ledger.scripts import register
-from ledger.settings import Settings
 from ledger.states import CampaignState
 from ledger.trunks import TrunkFlags
-from ledger.windows import decode_intervals, window_state
 
 __all__ = ["CallbackUpdate", "Campaign", "Ledger", "Record", "Status"]
 
 
-class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Retention, OptOuts):
+class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Enqueuing, Retention, OptOuts):
     """Campaign and message state in Redis, shared by workers, the ingester and the CLI."""
-
-    def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis = redis
-        self.settings = settings
-        self.scripts = register(redis)
-        self.stream = settings.events_stream
-        self.maxlen = settings.events_maxlen
 
     async def campaign(self, cid: str) -> Campaign | None:
         return await read_campaign(self.redis, cid)
@@ -59,6 +51,14 @@ class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Retention, O
 
     async def records(self, c: Campaign, batch_no: int) -> list[Record]:
         return await read_batch(self.redis, c, batch_no)
+
+    async def template_values(self, cid: str, batch_no: int) -> dict[int, str]:
+        """A templated campaign's values for a batch's messages, by message index."""
+        return campaigns.decode_values(await self.redis.hgetall(keys.fields(cid, batch_no)))
+
+    async def batch_intervals(self, cid: str, batch_no: int) -> list[tuple[int, int]]:
+        """When a batch of a campaign with quiet hours may be sent (UTC intervals)."""
+        return await quiet_hours.read_batch_intervals(self.redis, cid, batch_no)
 
     async def status(self, cid: str, *, with_warnings: bool = True) -> Status | None:
         c = await self.campaign(cid)
@@ -79,13 +79,7 @@ class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Retention, O
     async def _window_status(self, c: Campaign, counts: dict[str, int]) -> dict[str, Any]:
         """Quiet hours now: recipients whose window is closed (at most what is queued), and
         when the next one opens."""
-        raw = await self.redis.hgetall(keys.windows(c.id))
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        groups = [
-            (decode_intervals(fields[f"g:{g}"]), int(fields.get(f"n:{g}", 0)))
-            for g in range(sum(1 for name in fields if name.startswith("g:")))
-        ]
-        state = window_state(groups, time.time())
+        state = (await quiet_hours.read(self.redis, c.id)).state(time.time())
         return {
             "window": c.window,
             "waiting": min(state.waiting + state.closed, counts.get("queued", 0)),
@@ -93,30 +87,8 @@ class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Retention, O
         }
 
     async def set_state(self, cid: str, state: CampaignState) -> bool:
-        """Pause, resume or cancel a campaign; a cancelled campaign stays cancelled, even
-        when a pause races a cancel (WATCH makes the read and the write one step). Resuming
-        a scheduled campaign keeps it scheduled."""
-        key = keys.campaign(cid)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    current = await pipe.hget(key, "state")
-                    if current is None:
-                        return False
-                    if current.decode() == CampaignState.CANCELLED:
-                        return state == CampaignState.CANCELLED
-                    if (
-                        current.decode() == CampaignState.SCHEDULED
-                        and state == CampaignState.ACTIVE
-                    ):
-                        return True
-                    pipe.multi()
-                    pipe.hset(key, "state", str(state))
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    continue
+        """Pause, resume or cancel a campaign (ledger.campaigns.set_state)."""
+        return await campaigns.set_state(self.redis, cid, state)
 
     async def cancel_queued(self, c: Campaign) -> int:
         """Move every still-queued message of a cancelled campaign to cancelled, one script
@@ -140,7 +112,9 @@ class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Retention, O
             for batch_no in numbers:
                 pipe.get(keys.batch(c.id, batch_no))
             for batch_no, data in zip(numbers, await pipe.execute(), strict=True):
-                if data and any(data[i] == 0 for i in range(0, len(data), records.SIZE)):
+                if data and any(
+                    data[i] == records.Code.QUEUED for i in range(0, len(data), records.SIZE)
+                ):
                     found.append(batch_no)
         return found
 

@@ -25,12 +25,14 @@ import time
 import uuid
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The only request media type DIDWW accepts; any parameter (charset=...) is answered 415.
 JSONAPI_MEDIA_TYPE = "application/vnd.api+json"
@@ -1057,38 +1059,41 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _ratio(text: str) -> float:
-    value = _non_negative(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a ratio between 0 and 1")
-    return value
-
-
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _read(text, float, "a number")
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative number")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _read(text, int, "an integer")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative")
     return value
 
 
-def _port(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number")
-    return value
+def _read(text: str, kind: Callable[[str], T], what: str) -> T:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def _at_most(read: Callable[[str], T], limit: float, what: str) -> Callable[[str], T]:
+    """An argument type: what read() makes of the text, refused above limit."""
+
+    def parse(text: str) -> T:
+        value = read(text)
+        if value > limit:  # type: ignore[operator]
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+_ratio = _at_most(_non_negative, 1, "a ratio between 0 and 1")
+_port = _at_most(_non_negative_int, 65535, "a port number")
 
 
 def _url(text: str) -> str:

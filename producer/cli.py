@@ -11,62 +11,31 @@ import json
 import secrets
 import shlex
 import sys
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 import redis
-from redis.asyncio import Redis
 
-from ledger import control, events
-from ledger.errors import ConfigError, InputError, SmsqError
+from ledger import events
+from ledger.errors import InputError, SmsqError
 from ledger.logs import configure_logging
-from ledger.settings import Settings, load_settings
+from ledger.settings import Settings
 from ledger.states import ALL_STATES, PENDING, CampaignState
 from ledger.store import Ledger, Status
+from producer import cli_data, control
+from producer.cli_common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail, run
+from producer.cli_common import settings as load
 from producer.enqueue import EnqueueResult, Producer, parse_send_at
 from producer.numbers import NumbersResult, Rejection, normalize_many
 from producer.plan import Plan
 from producer.recipients import RecipientsFileError, read_recipients
 
-T = TypeVar("T")
-
-EXIT_INPUT = 2
-EXIT_UNAVAILABLE = 1
-# Ctrl-C, as shells report it (128 + SIGINT).
-EXIT_INTERRUPTED = 130
 # Enqueues of more numbers than this show a progress bar (unless --json).
 PROGRESS_THRESHOLD = 5000
 # How often --wait polls the campaign's status.
 WAIT_POLL_S = 0.5
-
-
-def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
-    click.echo(f"smsq: {message}", err=True)
-    sys.exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        fail(f"configuration error: {exc}")
-
-
-def _run(settings: Settings, work: Callable[[Ledger], Coroutine[Any, Any, T]]) -> T:
-    async def main() -> T:
-        client = Redis.from_url(settings.redis_url)
-        try:
-            return await work(Ledger(client, settings))
-        finally:
-            await client.aclose()
-
-    try:
-        return asyncio.run(main())
-    except redis.RedisError as exc:
-        fail(f"cannot reach Redis at SMSQ_REDIS_URL: {exc}", EXIT_UNAVAILABLE)
 
 
 @click.group()
@@ -126,7 +95,7 @@ def send(
     """Enqueue a campaign (or, with --dry-run, show what it would be)."""
     if bool(to) == bool(recipients):
         fail("give destinations with either --to or --recipients (one of them)")
-    settings = _settings()
+    settings = load()
     try:
         numbers: NumbersResult = read_recipients(recipients) if recipients else normalize_many(to)
         options: dict[str, Any] = {
@@ -247,7 +216,7 @@ def _wait(settings: Settings, cid: str, show: bool) -> Status:
                 await asyncio.sleep(WAIT_POLL_S)
                 status = await _status_or_fail(ledger, cid)
 
-    return _run(settings, work)
+    return run(settings, work)
 
 
 async def _status_or_fail(ledger: Ledger, cid: str) -> Status:
@@ -302,7 +271,7 @@ def _when(ts: float) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(campaign: str, as_json: bool) -> None:
     """Show a campaign's counts per state, its send rate, and whether it is done."""
-    result = _run(_settings(), lambda ledger: _status_or_fail(ledger, campaign))
+    result = run(load(), lambda ledger: _status_or_fail(ledger, campaign))
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:
@@ -313,7 +282,7 @@ def status(campaign: str, as_json: bool) -> None:
 @click.argument("campaign")
 def pause(campaign: str) -> None:
     """Stop posting a campaign's messages until it is resumed."""
-    if not _run(_settings(), lambda ledger: ledger.set_state(campaign, CampaignState.PAUSED)):
+    if not run(load(), lambda ledger: ledger.set_state(campaign, CampaignState.PAUSED)):
         fail(f"no campaign {campaign!r}, or it is cancelled")
     click.echo(f"campaign {campaign} paused")
 
@@ -322,7 +291,7 @@ def pause(campaign: str) -> None:
 @click.argument("campaign")
 def resume(campaign: str) -> None:
     """Resume a paused campaign; also lifts a halt after DIDWW refused the credentials."""
-    settings = _settings()
+    settings = load()
     producer = Producer(settings)
 
     async def work(ledger: Ledger) -> control.Resumed | None:
@@ -330,7 +299,7 @@ def resume(campaign: str) -> None:
         return await control.resume(producer.celery, ledger, campaign, why)
 
     try:
-        resumed = _run(settings, work)
+        resumed = run(settings, work)
     finally:
         producer.close()
     if resumed is None:
@@ -343,7 +312,7 @@ def resume(campaign: str) -> None:
 @click.argument("campaign")
 def cancel(campaign: str) -> None:
     """Cancel every message of a campaign that is still queued."""
-    moved = _run(_settings(), lambda ledger: control.cancel(ledger, campaign))
+    moved = run(load(), lambda ledger: control.cancel(ledger, campaign))
     if moved is None:
         fail(f"no campaign {campaign!r}")
     click.echo(f"campaign {campaign} cancelled ({moved} queued messages cancelled)")
@@ -355,7 +324,7 @@ def cancel(campaign: str) -> None:
 @click.option("--follow", is_flag=True, help="Keep waiting for new events.")
 def events_cmd(group: str | None, consumer: str, follow: bool) -> None:
     """Print events as JSON lines."""
-    settings = _settings()
+    settings = load()
 
     async def work(ledger: Ledger) -> None:
         stream = settings.events_stream
@@ -370,13 +339,13 @@ def events_cmd(group: str | None, consumer: str, follow: bool) -> None:
                 click.echo(json.dumps(event, ensure_ascii=False))
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(settings, work)
+        run(settings, work)
 
 
-# The data commands (report, resend, reschedule, purge, optout) register on `main`.
-from producer import cli_data  # noqa: E402
+for _command in cli_data.COMMANDS:
+    main.add_command(_command)
 
-__all__ = ["cli_data", "main"]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
 """The `smsq` commands about a campaign's data and the opt-out list: report, resend,
-reschedule, purge, optout. Registered on the `smsq` group by producer/cli.py.
+reschedule, purge, optout. producer/cli.py adds COMMANDS to the `smsq` group.
 """
 
 from __future__ import annotations
@@ -8,24 +8,30 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import click
 
-from ledger import control
+from ledger.campaigns import Campaign
 from ledger.errors import InputError
+from ledger.states import ALL_STATES, State
 from ledger.store import Ledger
+from producer import control
 from producer import report as reports
 from producer import resend as resends
-from producer.cli import _run, _settings, fail, main
+from producer.cli_common import fail, run
+from producer.cli_common import settings as load
 from producer.enqueue import Producer, parse_send_at
 from producer.numbers import InvalidNumber, normalize
 from producer.plan import check_schedule
 from producer.recipients import RecipientsFileError, read_recipients
 
+T = TypeVar("T")
 
-@main.command()
+
+@click.command()
 @click.argument("campaign")
 @click.option("--state", "states", default=None, help="Only these states, e.g. failed,unknown.")
 @click.option("--code", "codes", default=None, help="Only these DIDWW code_ids, e.g. 2,8.")
@@ -35,20 +41,30 @@ def report(
     campaign: str, states: str | None, codes: str | None, fmt: str, output: Path | None
 ) -> None:
     """Write one row per message: its state, DIDWW id, status, code and times."""
-    try:
-        keep = reports.Filter(reports.parse_states(states), reports.parse_codes(codes))
-    except InputError as exc:
-        fail(str(exc))
+    keep = _filter(states, codes, ALL_STATES)
 
     async def work(ledger: Ledger) -> None:
-        c = await ledger.campaign(campaign)
-        if c is None:
-            fail(f"no campaign {campaign!r}")
+        c = await _campaign(ledger, campaign)
         with _open(output) as out:
             async for chunk in reports.render(ledger.redis, c, keep, fmt):
                 out.write(chunk)
 
-    _run(_settings(), work)
+    run(load(), work)
+
+
+def _filter(states: str | None, codes: str | None, allowed: Iterable[State]) -> reports.Filter:
+    """Which messages a report or a resend takes; a bad state or code ends the command."""
+    try:
+        return reports.Filter(reports.parse_states(states, allowed), reports.parse_codes(codes))
+    except InputError as exc:
+        fail(str(exc))
+
+
+async def _campaign(ledger: Ledger, cid: str) -> Campaign:
+    c = await ledger.campaign(cid)
+    if c is None:
+        fail(f"no campaign {cid!r}")
+    return c
 
 
 @contextlib.contextmanager
@@ -64,7 +80,7 @@ def _open(path: Path | None) -> Any:
         yield handle
 
 
-@main.command()
+@click.command()
 @click.argument("campaign")
 @click.option("--state", "states", required=True, help="e.g. failed,unknown,expired,unconfirmed")
 @click.option("--code", "codes", default=None, help="Only these DIDWW code_ids, e.g. 2,8.")
@@ -75,23 +91,16 @@ def resend(
 ) -> None:
     """Send again to the recipients whose messages ended in these states, as a new campaign
     (never to a number that was sent in this one)."""
-    settings = _settings()
-    try:
-        keep = reports.Filter(
-            reports.parse_states(states, reports.RESENDABLE), reports.parse_codes(codes)
-        )
-    except InputError as exc:
-        fail(str(exc))
+    settings = load()
+    keep = _filter(states, codes, reports.RESENDABLE)
 
     async def work(ledger: Ledger) -> Any:
-        parent = await ledger.campaign(campaign)
-        if parent is None:
-            fail(f"no campaign {campaign!r}")
+        parent = await _campaign(ledger, campaign)
         return parent, await resends.recipients(ledger.redis, parent, keep)
 
     producer = Producer(settings)
     try:
-        parent, numbers = _run(settings, work)
+        parent, numbers = run(settings, work)
         result = producer.enqueue(
             parent.source,
             parent.text,
@@ -112,35 +121,40 @@ def resend(
         )
 
 
-@main.command()
+@click.command()
 @click.argument("campaign")
 @click.option("--at", "send_at", required=True, help="The new time, ISO 8601 with a zone.")
 def reschedule(campaign: str, send_at: str) -> None:
     """Move a scheduled campaign that has not started to another time."""
     try:
         at = check_schedule(parse_send_at(send_at), time.time())
-        moved = _run(_settings(), lambda ledger: control.reschedule(ledger, campaign, at))
     except InputError as exc:
         fail(str(exc))
-    if moved is None:
-        fail(f"no campaign {campaign!r}")
+    _control(campaign, lambda ledger: control.reschedule(ledger, campaign, at))
     click.echo(f"campaign {campaign} rescheduled to {send_at}")
 
 
-@main.command()
+@click.command()
 @click.argument("campaign")
 def purge(campaign: str) -> None:
     """Delete a done or cancelled campaign and everything it keeps, now."""
-    try:
-        gone = _run(_settings(), lambda ledger: control.purge(ledger, campaign))
-    except InputError as exc:
-        fail(str(exc))
-    if gone is None:
-        fail(f"no campaign {campaign!r}")
+    _control(campaign, lambda ledger: control.purge(ledger, campaign))
     click.echo(f"campaign {campaign} purged")
 
 
-@main.group()
+def _control(campaign: str, work: Callable[[Ledger], Coroutine[Any, Any, T | None]]) -> T:
+    """Run a control call; what it refuses (InputError), or no such campaign (None), ends the
+    command with one line."""
+    try:
+        result = run(load(), work)
+    except InputError as exc:
+        fail(str(exc))
+    if result is None:
+        fail(f"no campaign {campaign!r}")
+    return result
+
+
+@click.group()
 def optout() -> None:
     """The opt-out list: numbers that are never sent."""
 
@@ -155,22 +169,29 @@ def _normalized(numbers: tuple[str, ...]) -> list[str]:
     return found
 
 
+# What `optout add` and `optout remove` report: what was done, and what the others were.
+_CHANGES = {"add": ("added", "already on the list"), "remove": ("removed", "were not on the list")}
+
+
+def _change(action: str, numbers: tuple[str, ...]) -> None:
+    wanted = _normalized(numbers)
+    changed = run(load(), lambda ledger: ledger.optout_change(action, wanted))
+    done, others = _CHANGES[action]
+    click.echo(f"{changed} {done} ({len(wanted) - changed} {others})")
+
+
 @optout.command("add")
 @click.argument("numbers", nargs=-1, required=True)
 def optout_add(numbers: tuple[str, ...]) -> None:
     """Add numbers to the list."""
-    wanted = _normalized(numbers)
-    added = _run(_settings(), lambda ledger: ledger.optout_change("add", wanted))
-    click.echo(f"{added} added ({len(wanted) - added} already on the list)")
+    _change("add", numbers)
 
 
 @optout.command("remove")
 @click.argument("numbers", nargs=-1, required=True)
 def optout_remove(numbers: tuple[str, ...]) -> None:
     """Remove numbers from the list."""
-    wanted = _normalized(numbers)
-    removed = _run(_settings(), lambda ledger: ledger.optout_change("remove", wanted))
-    click.echo(f"{removed} removed ({len(wanted) - removed} were not on the list)")
+    _change("remove", numbers)
 
 
 @optout.command("import")
@@ -183,7 +204,7 @@ def optout_import(file: Path) -> None:
         fail(str(exc))
     for r in found.rejections:
         click.echo(f"line {r.line}: {r.value!r}: {r.reason}", err=True)
-    added = _run(_settings(), lambda ledger: ledger.optout_change("add", found.numbers))
+    added = run(load(), lambda ledger: ledger.optout_change("add", found.numbers))
     click.echo(
         f"{added} added, {len(found.numbers) - added} already on the list, "
         f"{len(found.rejections)} rejected"
@@ -204,7 +225,7 @@ def optout_list(limit: int) -> None:
             click.echo(number)
             shown += 1
 
-    _run(_settings(), work)
+    run(load(), work)
 
 
 @optout.command("export")
@@ -218,4 +239,7 @@ def optout_export(output: Path | None) -> None:
             async for number in ledger.optout_numbers():
                 out.write(number + "\n")
 
-    _run(_settings(), work)
+    run(load(), work)
+
+
+COMMANDS = [report, resend, reschedule, purge, optout]

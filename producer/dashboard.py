@@ -34,11 +34,11 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from ledger.states import ALL_STATES
-from ledger.web import BodyTooLarge, read_limited
 from producer import dashboard_data as data
 from producer import http_control as control
 from producer import report as reports
 from producer.http_common import Api, ApiError, Handler, answer, campaign_id, log, stream
+from web import BodyTooLarge, read_limited
 
 SESSION_COOKIE = "smsq_session"
 LOGIN_COOKIE = "smsq_login"

@@ -96,10 +96,10 @@ async def campaigns(ledger: Ledger, limit: int = MAX_CAMPAIGNS) -> dict[str, Any
     replies = await pipe.execute()
     found: list[tuple[Campaign, dict[str, int]]] = []
     for i, cid in enumerate(cids):
-        raw = replies[2 * i]
         # A campaign being written (or purged) between the two reads has no full hash yet.
-        if raw and b"batches" in raw:
-            found.append((Campaign.from_hash(cid, raw), _counts(replies[2 * i + 1])))
+        c = Campaign.stored(cid, replies[2 * i])
+        if c is not None:
+            found.append((c, _counts(replies[2 * i + 1])))
     trunks = {name: await ledger.trunk_status(name) for name in {c.trunk for c, _ in found}}
     rows = []
     for c, counts in found:

@@ -21,14 +21,16 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from ledger import events, keys, optouts, records
-from ledger.dispatch import celery_config, send
+from dispatch import celery_config, send
+from ledger import campaigns, events, keys, optouts, records
+from ledger.campaigns import Campaign
+from ledger.enqueuing import ENQUEUE_STALL_S, IDEMPOTENCY_TTL_S
 from ledger.errors import InputError, SmsqError
+from ledger.quiet_hours import Group, QuietHours, next_open
 from ledger.settings import Settings, load_settings
 from ledger.states import CampaignState, State
-from ledger.windows import next_open
 from producer.numbers import NumbersResult, Rejection, normalize_recipients
-from producer.plan import MAX_REPORTED_REJECTIONS, Options, Plan, Planner, group_intervals
+from producer.plan import MAX_REPORTED_REJECTIONS, Options, Plan, Planner
 
 # Batches written per Redis round trip.
 WRITE_CHUNK_BATCHES = 200
@@ -37,11 +39,6 @@ PUBLISH_CHUNK_COMMANDS = 1000
 # Events of opted-out numbers per script call, and script calls per Redis round trip.
 SUPPRESSED_EVENTS_PER_CALL = 500
 SUPPRESSED_CALLS_PER_ROUND_TRIP = 40
-# An idempotency key is remembered this long (the issue's 24 hours).
-IDEMPOTENCY_TTL_S = 24 * 3600
-# A campaign whose enqueue stopped (its producer died mid-way) is finished by the workers'
-# supervisors this long after its producer last moved (ledger/enqueuing: see resume_stalled).
-ENQUEUE_STALL_S = 30
 
 __all__ = ["EnqueueResult", "Producer", "enqueue_campaign"]
 
@@ -180,7 +177,7 @@ class Producer:
             cid = secrets.token_hex(8)
         self.campaign_id = cid
         layout = Layout.of(plan, self.settings.batch_size)
-        member = f"{cid}|{len(layout.batches)}"
+        member = keys.enqueue_member(cid, len(layout.batches))
         self.redis.zadd(keys.enqueuing(), {member: time.time()})
         self._write_batches(cid, plan, layout, repeat, progress)
         stored = self._write_campaign(cid, plan, layout)
@@ -189,10 +186,10 @@ class Producer:
                 self._publish_suppressed(cid, plan, layout)
             self._publish(cid, plan, layout)
         except (redis.RedisError, OSError, OperationalError) as exc:
-            # Stored whole: the workers' supervisors queue what is left (resume_stalled).
+            # Stored whole: the workers' supervisors queue what is left (ledger/enqueuing.py).
             raise SmsqError(
                 f"campaign {cid} is stored but its batches are not all queued ({exc}); the "
-                f"workers queue the rest within {ENQUEUE_STALL_S} s"
+                f"workers queue the rest within {ENQUEUE_STALL_S:.0f} s"
             ) from None
         self.redis.zrem(keys.enqueuing(), member)
         result = _result(cid, plan)
@@ -252,14 +249,17 @@ class Producer:
                 data = pack(State.QUEUED, dests, [segments[i] for i in members])
             pipe.set(keys.batch(cid, batch_no), data, nx=repeat)
             if values and group_no >= 0:
-                # Given as bytes, as redis-py would encode them: its encoder per argument is
-                # slower (a million recipients' values: 2.0 s -> 1.5 s).
-                first = batch_no * layout.batch_size
-                mapping = {b"%d" % n: values[i].encode() for n, i in enumerate(members, first)}
+                mapping = campaigns.values_hash(
+                    batch_no * layout.batch_size, [values[i] for i in members]
+                )
                 pipe.hset(keys.fields(cid, batch_no), mapping=mapping)
             pending += len(members)
             if len(pipe) >= WRITE_CHUNK_BATCHES:
-                pipe.zadd(keys.enqueuing(), {f"{cid}|{len(layout.batches)}": time.time()}, xx=True)
+                pipe.zadd(
+                    keys.enqueuing(),
+                    {keys.enqueue_member(cid, len(layout.batches)): time.time()},
+                    xx=True,
+                )
                 pipe.execute()
                 if progress:
                     progress(pending)
@@ -273,66 +273,27 @@ class Producer:
         task can send it. Written once: a repeat finds it there and leaves it (False)."""
         if self.redis.exists(keys.campaign(cid)):
             return False
-        state = CampaignState.SCHEDULED if plan.send_at else CampaignState.ACTIVE
-        summary = plan.summary()
-        enqueue_info = {
-            k: summary[k]
-            for k in ("rejected", "duplicates", "suppressed", "segments", "segments_per_message")
-        }
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.counts(cid),
-            mapping={str(State.QUEUED): plan.messages, str(State.SUPPRESSED): len(plan.suppressed)},
-        )
-        pipe.hset(
-            keys.campaign(cid),
-            mapping={
-                "source": plan.source,
-                "text": plan.template.text,
-                "name": plan.name,
-                "trunk": plan.trunk,
-                "total": plan.messages + len(plan.suppressed),
-                "batch_size": layout.batch_size,
-                "batches": len(layout.batches),
-                "created_at": f"{plan.created_at:.3f}",
-                "expires_at": f"{plan.expires_at:.3f}",
-                "send_at": f"{plan.send_at:.3f}" if plan.send_at else "",
-                "state": str(state),
-                "encoding": plan.encoding,
-                "segments": max(plan.distribution, default=1),
-                "priority": "1" if plan.priority else "0",
-                "fields": ",".join(plan.template.fields),
-                "window": plan.window,
-                "timezone": plan.timezone,
-                "parent": plan.parent,
-                "enqueue": json.dumps(enqueue_info),
-            },
-        )
-        if plan.window:
-            # Per group: its intervals, its zones (to compute them again for a new time), its
-            # size (for status); per batch: its group.
-            windows: dict[str, str] = {}
-            for g, (group, text) in enumerate(zip(plan.groups, group_intervals(plan), strict=True)):
-                windows[f"g:{g}"] = text
-                windows[f"z:{g}"] = ",".join(group.zones)
-                windows[f"n:{g}"] = str(len(group.members))
-            windows.update({f"b:{b}": str(g) for b, g, _ in layout.batches if g >= 0})
-            pipe.hset(keys.windows(cid), mapping=windows)
-        pipe.zadd(keys.campaigns(), {cid: plan.created_at})
-        if plan.priority:
-            # The trunk's urgent lane: every worker that claims takes these first.
-            refs = [
-                f"{cid}|{b}|{b * layout.batch_size + p}"
+        campaign = _campaign(cid, plan, layout)
+        counts = {str(State.QUEUED): plan.messages, str(State.SUPPRESSED): len(plan.suppressed)}
+        # The trunk's urgent lane: every worker that claims takes these first.
+        urgent = (
+            [
+                (b, b * layout.batch_size + p)
                 for b, g, members in layout.batches
                 if g >= 0
                 for p in range(len(members))
             ]
-            for start in range(0, len(refs), 1000):
-                pipe.rpush(keys.urgent(plan.trunk), *refs[start : start + 1000])
-        if not plan.messages:
-            # Everyone opted out: done at once, and purged after the retention.
-            pipe.hset(keys.campaign(cid), "done_at", f"{plan.created_at:.3f}")
-            pipe.zadd(keys.retention(), {cid: plan.created_at})
+            if plan.priority
+            else []
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        campaigns.queue_store(
+            pipe,
+            campaign,
+            counts,
+            quiet_hours=_quiet_hours(plan, layout) if plan.window else None,
+            urgent=urgent,
+        )
         pipe.execute()
         return True
 
@@ -368,8 +329,8 @@ class Producer:
 
     def _publish(self, cid: str, plan: Plan, layout: Layout) -> None:
         """Queue the batches that can go now, with kombu's publish batching (one Redis round
-        trip per PUBLISH_CHUNK_COMMANDS instead of two per task: 10,000 tasks 6.8 s -> 3.8 s
-        on 2 cores); park the others in Redis until their time (a schedule, quiet hours)."""
+        trip per PUBLISH_CHUNK_COMMANDS instead of two per task: docs/architecture.md D17);
+        park the others in Redis until their time (a schedule, quiet hours)."""
         now = time.time()
         parked: dict[str, float] = {}
         ready: list[int] = []
@@ -400,10 +361,51 @@ class Producer:
         self.redis.close()
 
 
+def _campaign(cid: str, plan: Plan, layout: Layout) -> Campaign:
+    """The campaign's hash, as the plan makes it."""
+    summary = plan.summary()
+    return Campaign(
+        id=cid,
+        source=plan.source,
+        text=plan.template.text,
+        name=plan.name,
+        trunk=plan.trunk,
+        total=plan.messages + len(plan.suppressed),
+        batch_size=layout.batch_size,
+        batches=len(layout.batches),
+        created_at=plan.created_at,
+        expires_at=plan.expires_at,
+        send_at=plan.send_at,
+        state=str(CampaignState.SCHEDULED if plan.send_at else CampaignState.ACTIVE),
+        encoding=plan.encoding,
+        segments=max(plan.distribution, default=1),
+        priority=plan.priority,
+        fields=tuple(plan.template.fields),
+        window=plan.window,
+        timezone=plan.timezone,
+        parent=plan.parent,
+        # Everyone opted out: done at once, and purged after the retention.
+        done_at=None if plan.messages else plan.created_at,
+        enqueue={
+            k: summary[k]
+            for k in ("rejected", "duplicates", "suppressed", "segments", "segments_per_message")
+        },
+    )
+
+
+def _quiet_hours(plan: Plan, layout: Layout) -> QuietHours:
+    """Per group its intervals, zones (to compute them again for a new time) and size; per
+    batch its group."""
+    return QuietHours(
+        tuple(Group(tuple(g.intervals), g.zones, len(g.members)) for g in plan.groups),
+        {b: g for b, g, _ in layout.batches if g >= 0},
+    )
+
+
 def _suppressed_event(cid: str, plan: Plan) -> Callable[[str, str, str], str]:
     """A function (message id, destination, time) -> the encoded event of an opted-out
     number: the text events.encode gives for it, filled into the text of the first one
-    instead of built and encoded each time (5.4 us an event -> 0.6 us, message id included)."""
+    instead of built and encoded each time (docs/architecture.md D17)."""
 
     def encoded(message_id: str, destination: str, at: str) -> str:
         event = events.message_event(

@@ -21,13 +21,13 @@ from starlette.routing import Route
 
 from ledger.settings import Settings
 from ledger.store import Ledger
-from ledger.web import serve
 from producer import dashboard
 from producer import http_campaigns as creating
 from producer import http_control as existing
 from producer import http_optouts as optouts
 from producer.enqueue import Producer
 from producer.http_common import Api, Handler, answer, log
+from web import serve
 
 # Clients that see 503 may try again after this many seconds.
 RETRY_AFTER_S = 5

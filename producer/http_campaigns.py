@@ -14,10 +14,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ledger.enqueuing import ENQUEUE_STALL_S
 from ledger.errors import ConfigError, InputError, SmsqError
 from producer import report as reports
 from producer import resend as resends
-from producer.enqueue import ENQUEUE_STALL_S, EnqueueResult, Producer, parse_send_at
+from producer.enqueue import EnqueueResult, Producer, parse_send_at
 from producer.http_common import (
     Api,
     ApiError,
@@ -48,7 +49,6 @@ OPTIONAL_FIELDS = (
     "timezone",
     "dry_run",
 )
-RESEND_FIELDS = ("state", "code")
 # Keys of a recipient given as an object.
 RECIPIENT_KEYS = frozenset({"destination", "fields"})
 
@@ -200,7 +200,7 @@ def enqueue(
                 "priority": plan.priority,
                 "send_at": plan.send_at or None,
                 "note": "the campaign is stored but not all its batches are queued yet; the "
-                f"workers queue the rest within {ENQUEUE_STALL_S} s",
+                f"workers queue the rest within {ENQUEUE_STALL_S:.0f} s",
             },
         )
     return Outcome(200 if result.repeated else 201, created_body(result))

@@ -20,11 +20,11 @@ from ledger import keys
 from ledger.errors import ConfigError, InputError, SmsqError
 from ledger.states import ALL_STATES, State
 from ledger.store import Ledger
-from ledger.web import BodyTooLarge, read_limited
 from producer import report as reports
 from producer.enqueue import Producer
 from producer.numbers import Rejection
 from producer.plan import MAX_REPORTED_REJECTIONS
+from web import BodyTooLarge, read_limited
 
 log = structlog.stdlib.get_logger("smsq.api")
 

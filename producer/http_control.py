@@ -9,9 +9,9 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ledger import control
 from ledger.errors import InputError
 from ledger.states import CampaignState
+from producer import control
 from producer import report as reports
 from producer.enqueue import parse_send_at
 from producer.http_common import (

@@ -100,22 +100,24 @@ def _rejected(found: NumbersResult) -> dict[str, Any]:
     return {"rejected": indexed(found.rejections), "rejected_count": len(found.rejections)}
 
 
-async def add_optouts(request: Request, api: Api) -> Response:
+# Per action, the answer's names for what was done and for the others.
+_CHANGES = {"add": ("added", "already_listed"), "remove": ("removed", "not_listed")}
+
+
+async def _change(request: Request, api: Api, action: str) -> Response:
     found = await _numbers(request)
-    added = await api.ledger.optout_change("add", found.numbers)
-    log.info("optouts_added", added=added, rejected=len(found.rejections))
-    return JSONResponse(
-        {"added": added, "already_listed": len(found.numbers) - added, **_rejected(found)}
-    )
+    changed = await api.ledger.optout_change(action, found.numbers)
+    done, others = _CHANGES[action]
+    log.info(f"optouts_{done}", **{done: changed}, rejected=len(found.rejections))
+    return JSONResponse({done: changed, others: len(found.numbers) - changed, **_rejected(found)})
+
+
+async def add_optouts(request: Request, api: Api) -> Response:
+    return await _change(request, api, "add")
 
 
 async def remove_optouts(request: Request, api: Api) -> Response:
-    found = await _numbers(request)
-    removed = await api.ledger.optout_change("remove", found.numbers)
-    log.info("optouts_removed", removed=removed, rejected=len(found.rejections))
-    return JSONResponse(
-        {"removed": removed, "not_listed": len(found.numbers) - removed, **_rejected(found)}
-    )
+    return await _change(request, api, "remove")
 
 
 async def get_optout(request: Request, api: Api) -> Response:

@@ -17,22 +17,21 @@ import redis
 from ledger import optouts
 from ledger.campaigns import FIELD_SEPARATOR
 from ledger.errors import InputError
-from ledger.hotpath import RateParams
+from ledger.quiet_hours import window_state
+from ledger.rate import RateParams
 from ledger.settings import Settings
 from ledger.templates import MissingField, Template
-from ledger.windows import (
+from producer.numbers import InvalidNumber, NumbersResult, Rejection, normalize, shorten
+from producer.segments import SegmentInfo, segment_info
+from producer.windows import (
     DAY_S,
     NO_SHARED_HOUR_REASON,
     UnplaceableNumber,
-    encode_intervals,
     open_intervals,
     parse_timezone,
     parse_window,
-    window_state,
     zones_for_number,
 )
-from producer.numbers import InvalidNumber, NumbersResult, Rejection, normalize, shorten
-from producer.segments import SegmentInfo, segment_info
 
 # --json lists this many rejections; the rest are counted.
 MAX_REPORTED_REJECTIONS = 100
@@ -285,8 +284,8 @@ class Planner:
                     values[i] = FIELD_SEPARATOR.join(
                         [row[c] if c < len(row) else "" for c in columns]
                     )
-            # Counted once at the end, in C, rather than per message (with row_renderer and
-            # the rows kept whole, a million messages are planned in 1.3 s instead of 1.8 s).
+            # Counted once at the end, in C, rather than per message, like row_renderer and
+            # the rows kept whole (docs/architecture.md D17).
             segments = dict(zip(kept, map(attrgetter("segments"), infos), strict=True))
             encodings.update(map(attrgetter("encoding"), infos))
             distribution.update(segments.values())
@@ -381,8 +380,3 @@ class Planner:
         every = numbers.numbers
         found = optouts.on_list(self.redis, [every[i] for i in candidates])
         return [candidates[p] for p in found]
-
-
-def group_intervals(plan: Plan) -> list[str]:
-    """Each group's intervals in their stored form."""
-    return [encode_intervals(g.intervals) for g in plan.groups]

@@ -1,14 +1,19 @@
-"""smsq's workers: the Celery app, the send task, the DIDWW client and the rate limiter."""
+"""smsq's workers: the Celery app, the send task and the sending engine (docs/architecture.md
+§1 and §6). `celery -A worker worker` and `celery -A worker flower` ask this package for
+`app`, which is built then, from the settings; importing the package builds nothing.
+"""
 
-import os
-import tempfile
+from __future__ import annotations
 
-# Every pool process writes its Prometheus figures here (worker/metrics.py); it must be set
-# before prometheus_client is first imported. A fresh directory per worker start, so no
-# figures of an earlier run are summed in.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smsq-metrics-")
-
-from worker.app import app  # after the metrics directory is chosen
+from typing import Any
 
 __all__ = ["app"]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: Celery's app finder reads `worker.app` (or `worker.celery`) as an attribute.
+    if name in ("app", "celery"):
+        from worker.app import current_app
+
+        return current_app()
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The retry policy for posts to DIDWW, declared with tenacity: which errors are retried, how
 long to wait, when to give up. The engine asks it after each failed attempt, with the message
-given back (queued) meanwhile: nothing claimed waits out a backoff (DESIGN.md 9).
+given back (queued) meanwhile: nothing claimed waits out a backoff (docs/architecture.md §6, §7).
 """
 
 from __future__ import annotations

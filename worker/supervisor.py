@@ -25,7 +25,8 @@ from celery import bootsteps
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ledger.dispatch import dispatch, dispatch_parked
+from dispatch import dispatch, dispatch_parked
+from ledger.enqueuing import ENQUEUE_STALL_S, IDEMPOTENCY_TTL_S
 from ledger.settings import Settings
 from ledger.store import Ledger, redis_warnings
 from worker import metrics
@@ -45,12 +46,6 @@ MIN_TICK_S = 0.05
 LOST_AFTER_S = 15.0
 # Lost workers, kept callbacks, callback timeouts and retention are looked at this often.
 HOUSEKEEPING_S = 5.0
-# An enqueue whose producer has not moved for this long stalled (producer/enqueue.py, which
-# refreshes its entry at least every few seconds while it writes).
-ENQUEUE_STALL_S = 30.0
-# An enqueue that never stored its campaign may still be completed by a repeat with its
-# idempotency key for this long; then what it wrote is deleted.
-IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 class Supervisor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from celery import Task
+from celery import Task, shared_task
 from redis.exceptions import RedisError
 from tenacity import (
     RetryCallState,
@@ -16,8 +16,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ledger.dispatch import SEND_BATCH
-from worker.app import app, settings
+from dispatch import SEND_BATCH
 from worker.engine import TAKE_WAIT_S
 from worker.runtime import runtime
 
@@ -36,13 +35,13 @@ def _log_redis_retry(state: RetryCallState) -> None:
     )
 
 
-@app.task(name=SEND_BATCH, bind=True)
+@shared_task(name=SEND_BATCH, bind=True)
 def send_batch(
     self: Task, campaign_id: str, batch: int, trunk: str = "", urgent: bool = False
 ) -> dict[str, Any]:
     """Hand one batch of a campaign to this process's engine; returns once it is held (the
     engine sends it from then on) or set aside. `trunk` is for Flower's eyes."""
-    rt = runtime(settings)
+    rt = runtime(self.app.smsq_settings)
     for attempt in Retrying(
         retry=retry_if_exception_type(RedisError),
         wait=wait_random_exponential(multiplier=0.5, max=REDIS_MAX_WAIT_S),

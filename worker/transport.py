@@ -232,19 +232,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except BaseException:
             self._release_permit()
             raise
-        try:
-            connection.send(request, data, self._read_timeout_s)
-        except BaseException:
-            connection.close()
-            self._release_permit()
-            raise
+        self._send(connection, request, data)
         return await self._finish(connection)
 
     def start(self, request: httpx.Request) -> Exchange | None:
         """Write the request now, without yielding to the event loop, if a connection is idle
         and a permit free; the returned Exchange gives its response. None otherwise: use
         handle_async_request. The worker claims a message and writes its request in one go
-        this way, so nothing it claimed waits for the loop (DESIGN.md 9)."""
+        this way, so nothing it claimed waits for the loop (docs/architecture.md §6)."""
         if self._free_permits <= 0 or self._closed:
             return None
         data = _encode(request)
@@ -252,13 +247,18 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if connection is None:
             return None
         self._free_permits -= 1
+        self._send(connection, request, data)
+        return Exchange(self, connection)
+
+    def _send(self, connection: _Connection, request: httpx.Request, data: bytes) -> None:
+        """Write the request on a connection this caller holds with a permit; if that fails,
+        the connection is closed and the permit given back."""
         try:
             connection.send(request, data, self._read_timeout_s)
         except BaseException:
             connection.close()
             self._release_permit()
             raise
-        return Exchange(self, connection)
 
     async def _finish(self, connection: _Connection) -> httpx.Response:
         try:

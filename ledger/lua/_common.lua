@@ -126,6 +126,17 @@ end
 local function publish(stream, maxlen, json)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', json)
 end
+-- A message's event: the fields Python built (base_json), with its type and the message's
+-- fields that only the script knows.
+local function message_event(base_json, event_type, cid, index, dest, source)
+  local e = cjson.decode(base_json)
+  e['type'] = event_type
+  e['campaign_id'] = cid
+  e['message_id'] = cid .. '-' .. index
+  e['destination'] = dest
+  e['source'] = source
+  return e
+end
 -- Publish an event whose fields Python built, with its type and some fields set here.
 local function publish_as(stream, maxlen, base_json, event_type, extra)
   local event = cjson.decode(base_json)

@@ -13,12 +13,7 @@ for i = 0, #data / R - 1 do
     local m = rec_unpack(string.sub(data, i * R + 1, i * R + R))
     m.state = CANCELLED
     rec_write(cid, b, i * R, m)
-    local e = cjson.decode(ARGV[3])
-    e['type'] = 'cancelled'
-    e['campaign_id'] = cid
-    e['message_id'] = cid .. '-' .. (b * bsize + i)
-    e['destination'] = num(m.dest)
-    e['source'] = h[2]
+    local e = message_event(ARGV[3], 'cancelled', cid, b * bsize + i, num(m.dest), h[2])
     publish(KEYS[1], ARGV[4], cjson.encode(e))
     moved = moved + 1
   end

@@ -1,9 +1,10 @@
 -- Claim queued messages for posting at the moment their rate slots are due: queued ->
 -- sending in the same step that finds the trunk free (not halted, not backing off), the
 -- campaign free (not paused, cancelled, scheduled later or expired), the number not opted
--- out, and the slot due. The caller writes each claimed request at once (DESIGN.md 9).
+-- out, and the slot due. The caller writes each claimed request at once (claim at the
+-- wire: docs/architecture.md §6, D4).
 --
--- The trunk's rate (DESIGN.md 10): slots are `interval` apart (pacing, GCRA); each caller
+-- The trunk's rate (docs/architecture.md §5): slots are `interval` apart (pacing, GCRA); each caller
 -- reserves its next slots here and comes back when they are due, so callers never race
 -- for a slot. Slots nobody reserved that lie in the past (up to `catchup`) are free to
 -- take: a late caller loses nothing. A hard cap keeps the units claimed in any `window`
@@ -55,10 +56,10 @@ local cap_wait = -1
 -- every worker was late. Counted (the trunk's `idle` field), then forgotten.
 local idle = 0
 -- After such a pause the trunk starts again with no more past slots than half the margin
--- between the pace and the cap (RateParams.margin_us) holds: a burst of catch-up slots whose
--- first requests were slow on the wire (new connections) put 303 in a second at 300/s. With
--- no margin (SMSQ_RATE_HEADROOM 1, which allows no lateness on the wire either), the whole
--- catch-up.
+-- between the pace and the cap (RateParams.margin_us) holds: the first requests of a burst
+-- are slow on the wire (new connections) and arrive together with later ones, past the limit
+-- in that second (docs/architecture.md D5). With no margin (SMSQ_RATE_HEADROOM 1, which
+-- allows no lateness on the wire either), the whole catch-up.
 if tat < now - catchup then
   if tat > 0 then idle = math.floor((now - catchup - tat) / interval) end
   local margin = limit * interval - window
@@ -117,17 +118,12 @@ local function blocked(c)
   return nil
 end
 
-local function event(cid, index, dest, c, etype)
-  return {campaign_id = cid, message_id = cid .. '-' .. index, destination = dest,
-    source = c.source, type = etype}
-end
 local function end_message(cid, b, index, off, m, c, state)
   local dest = num(m.dest)
   m.state = state
   rec_write(cid, b, off, m)
   move(cid, QUEUED, state)
-  local e = cjson.decode(base)
-  for k, v in pairs(event(cid, index, dest, c, NAMES[state])) do e[k] = v end
+  local e = message_event(base, NAMES[state], cid, index, dest, c.source)
   publish(stream, maxlen, cjson.encode(e))
   maybe_done(cid, now_s)
 end

@@ -23,12 +23,7 @@ if h[1] and data then
     if string.byte(r, 1) == SENDING and be(r, 20, 4) == owner then
       local m = rec_unpack(r)
       local index = b * bsize + i
-      local e = cjson.decode(ARGV[6])
-      e['type'] = 'unknown'
-      e['campaign_id'] = cid
-      e['message_id'] = cid .. '-' .. index
-      e['destination'] = num(m.dest)
-      e['source'] = source
+      local e = message_event(ARGV[6], 'unknown', cid, index, num(m.dest), source)
       e['trunk'] = h[3]
       local at = {cid = cid, b = b, index = index, off = i * R, source = source}
       to_unknown(m, at, cjson.encode(e), o)

@@ -26,12 +26,7 @@ for _, member in ipairs(due) do
           m.state = UNCONFIRMED
           rec_write(cid, b, i * R, m)
           move(cid, ACCEPTED, UNCONFIRMED)
-          local e = cjson.decode(ARGV[3])
-          e['type'] = 'unconfirmed'
-          e['campaign_id'] = cid
-          e['message_id'] = cid .. '-' .. (b * bsize + i)
-          e['destination'] = num(m.dest)
-          e['source'] = h[2]
+          local e = message_event(ARGV[3], 'unconfirmed', cid, b * bsize + i, num(m.dest), h[2])
           e['accepted_at'] = m.t1
           e['trunk'] = h[3]
           e['didww_id'] = uuid_text(m.id, m.flags) or (

@@ -383,11 +383,3 @@ def window_rate(bench: BenchStack, start: float, end: float) -> tuple[float, flo
         # Only in tiny (smoke) runs: the campaign was over before the warm-up was.
         return mean_rate(times), max(times) - min(times)
     return rate_in_window(times, start, end), end - start
-
-
-def steady_rate(bench: BenchStack, warmup_s: float, window_s: float) -> tuple[float, float]:
-    """Accepted requests per second over `window_s` after `warmup_s` from the first one, and
-    the window's length (shorter when the queue ran dry before it ended)."""
-    start = window_start(bench, warmup_s)
-    sleep_until(bench, start + window_s + 0.5)
-    return window_rate(bench, start, start + window_s)

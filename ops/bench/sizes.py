@@ -1,4 +1,4 @@
-"""How big each scenario is: the issue's sizes for a real run, tiny ones for --smoke.
+"""How big each scenario is: the targets' sizes for a real run, tiny ones for --smoke.
 
 A smoke run goes through every scenario's code in seconds and judges nothing.
 """
@@ -69,7 +69,7 @@ class Sizes:
     # Enough messages that each of the 4,096 DIDWW-id index buckets holds about 24 entries.
     retention_messages: int = 100_000
     retention_max_s: float = 400.0
-    # Templated enqueue, opt-out checks and the report, each at a million (issues 10, 11).
+    # Templated enqueue, opt-out checks and the report, each at a million.
     campaign_data_messages: int = 1_000_000
 
 

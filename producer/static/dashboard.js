@@ -47,6 +47,15 @@
     return el;
   }
 
+  // The one row of a table with nothing to show: its text across every column.
+  function emptyRow(text, columns) {
+    const tr = cell("tr", undefined, "empty");
+    const td = cell("td", text);
+    td.colSpan = columns;
+    tr.append(td);
+    return tr;
+  }
+
   // --- talking to the server ---------------------------------------------------------------
   class SignedOut extends Error {}
 
@@ -133,11 +142,7 @@
     body.querySelectorAll("tr.empty").forEach((tr) => tr.remove());
     if (!doc.campaigns.length) {
       rows.forEach((tr) => tr.remove());
-      const empty = cell("tr", undefined, "empty");
-      const td = cell("td", "No campaigns yet. Create one with smsq send or POST /v1/campaigns.");
-      td.colSpan = 10;
-      empty.append(td);
-      body.append(empty);
+      body.append(emptyRow("No campaigns yet. Create one with smsq send or POST /v1/campaigns.", 10));
       return;
     }
     const keep = new Set(doc.campaigns.map((c) => c.campaign_id));
@@ -233,11 +238,7 @@
     setText(note, `Counted every few seconds for a large campaign: ${number(counted)} of ` +
       `${number(failed)} failed messages so far.`);
     if (!groups.length) {
-      const tr = cell("tr", undefined, "empty");
-      const td = cell("td", "No failed messages.");
-      td.colSpan = 3;
-      tr.append(td);
-      body.replaceChildren(tr);
+      body.replaceChildren(emptyRow("No failed messages.", 3));
       return;
     }
     body.replaceChildren(...groups.map((g) => {

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from ledger import keys
+from ledger.campaigns import Campaign
 from ops.stack import ROOT
 from tests.integration.conftest import SOURCE
 from tests.integration.test_http_api import API_TOKEN, start_api, wait_status
@@ -65,7 +66,8 @@ def browser() -> Iterator[Any]:
 def _redis_state(stack: Any, cid: str) -> str:
     client = stack.redis()
     try:
-        return (client.hget(keys.campaign(cid), "state") or b"").decode()
+        found = Campaign.stored(cid, client.hgetall(keys.campaign(cid)))
+        return found.state if found else ""
     finally:
         client.close()
 

@@ -18,6 +18,7 @@ import pytest
 from smsq_testing import make_settings, write_campaign
 
 from ledger import events, keys, records
+from ledger.campaigns import Campaign
 from ledger.settings import Settings
 from ledger.store import Ledger
 
@@ -97,7 +98,8 @@ def states(sync_redis: fakeredis.FakeRedis) -> Callable[[str, int], dict[int, st
     """Message index -> state, for one batch of a campaign."""
 
     def read(cid: str, batch_no: int = 0) -> dict[int, str]:
-        size = int(sync_redis.hget(keys.campaign(cid), "batch_size") or 0)
+        found = Campaign.stored(cid, sync_redis.hgetall(keys.campaign(cid)))
+        size = found.batch_size if found else 0
         data = sync_redis.get(keys.batch(cid, batch_no)) or b""
         return {r.index: str(r.state) for r in records.iter_batch(batch_no * size, data)}
 

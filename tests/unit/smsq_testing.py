@@ -1,15 +1,16 @@
 """Plain helpers the unit tests import (fixtures live in conftest.py): settings for tests,
-a campaign writer that stores what producer/enqueue.py stores, and accept() for a message
-DIDWW has accepted."""
+a campaign writer that stores a campaign through the ledger's codecs as producer/enqueue.py
+does, and accept() for a message DIDWW has accepted."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import fakeredis
-
-from ledger import events, keys, records
-from ledger.hotpath import RateParams, Recorded, Result
+from ledger import campaigns, events, keys, records
+from ledger.campaigns import Campaign
+from ledger.hotpath import Recorded, Result
+from ledger.quiet_hours import QuietHours
+from ledger.rate import RateParams
 from ledger.settings import Settings
 from ledger.states import CampaignState, State
 from ledger.store import Ledger
@@ -43,7 +44,7 @@ _made = 0
 
 
 def write_campaign(
-    client: fakeredis.FakeRedis,
+    client: Any,
     destinations: list[str] | int = 3,
     *,
     batch_size: int = 100,
@@ -56,11 +57,16 @@ def write_campaign(
     priority: bool | None = None,
     segments: int = 1,
     send_at: float = 0.0,
+    values: list[list[str]] | None = None,
+    fields: tuple[str, ...] = (),
+    quiet_hours: QuietHours | None = None,
+    urgent_lane: bool = False,
 ) -> str:
-    """Write a campaign the way producer/enqueue.py does; returns its id.
-
-    ``destinations`` is a list of numbers, or how many to make up.
-    """
+    """Write a campaign through the ledger's codecs, as producer/enqueue.py does; returns
+    its id. ``destinations`` is a list of numbers, or how many to make up; ``values`` (with
+    ``fields``) gives each message its template values. A priority campaign's messages go in
+    its trunk's urgent lane, as the producer puts them, only with ``urgent_lane``: a test of
+    the lane puts there just the messages it needs."""
     global _made
     _made += 1
     if isinstance(destinations, int):
@@ -70,34 +76,56 @@ def write_campaign(
     batches = (total + batch_size - 1) // batch_size
     now_s, now_us = client.time()
     created_at = now_s + now_us / 1_000_000
+    urgent = total == 1 if priority is None else priority
     pipe = client.pipeline(transaction=False)
     for start in range(0, total, batch_size):
         chunk = destinations[start : start + batch_size]
-        data = b"".join(records.queued(d, segments) for d in chunk)
-        pipe.set(keys.batch(cid, start // batch_size), data)
-    pipe.hset(keys.counts(cid), str(State.QUEUED), total)
-    pipe.hset(
-        keys.campaign(cid),
-        mapping={
-            "source": source,
-            "text": text,
-            "name": name,
-            "trunk": trunk,
-            "total": total,
-            "batch_size": batch_size,
-            "batches": batches,
-            "created_at": f"{created_at:.3f}",
-            "expires_at": f"{created_at + ttl_s:.3f}",
-            "state": str(state),
-            "encoding": "GSM-7",
-            "segments": segments,
-            "priority": "1" if (total == 1 if priority is None else priority) else "0",
-            "send_at": f"{send_at:.3f}" if send_at else "",
-        },
+        pipe.set(
+            keys.batch(cid, start // batch_size),
+            records.pack_new(State.QUEUED, chunk, [segments] * len(chunk)),
+        )
+        if values is not None:
+            joined = [campaigns.join_values(v) for v in values[start : start + batch_size]]
+            pipe.hset(
+                keys.fields(cid, start // batch_size), mapping=campaigns.values_hash(start, joined)
+            )
+    pipe.execute()
+    campaign = Campaign(
+        id=cid,
+        source=source,
+        text=text,
+        name=name,
+        trunk=trunk,
+        total=total,
+        batch_size=batch_size,
+        batches=batches,
+        created_at=round(created_at, 3),
+        expires_at=round(created_at + ttl_s, 3),
+        state=str(state),
+        encoding="GSM-7",
+        segments=segments,
+        priority=urgent,
+        send_at=send_at,
+        fields=fields,
+        window="09:00-20:00" if quiet_hours is not None else "",
     )
-    pipe.zadd(keys.campaigns(), {cid: created_at})
+    pipe = client.pipeline(transaction=True)
+    campaigns.queue_store(
+        pipe,
+        campaign,
+        {str(State.QUEUED): total},
+        quiet_hours=quiet_hours,
+        urgent=[(i // batch_size, i) for i in range(total)] if urgent and urgent_lane else (),
+    )
     pipe.execute()
     return cid
+
+
+def stored(client: Any, cid: str) -> Campaign:
+    """A campaign as its hash holds it now (through the ledger's codec)."""
+    found = Campaign.stored(cid, client.hgetall(keys.campaign(cid)))
+    assert found is not None, f"no campaign {cid}"
+    return found
 
 
 async def accept(ledger: Ledger, cid: str, didww_id: str, index: int = 0) -> Recorded:

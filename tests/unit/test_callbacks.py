@@ -26,8 +26,8 @@ from smsq_testing import SOURCE, TOKEN, accept, make_settings, write_campaign
 from callbacks.app import MAX_BODY_BYTES, create_app
 from callbacks.document import InvalidCallback, parse
 from callbacks.metrics import REGISTRY
+from dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE
 from ledger import keys, records
-from ledger.dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE
 from ledger.records import Record
 from ledger.settings import Settings
 from ledger.states import ALL_STATES, State

@@ -18,7 +18,8 @@ from smsq_testing import TOKEN, make_settings, write_campaign
 from callbacks.app import create_app
 from callbacks.metrics import OVERDUE_SHOWN, REGISTRY, observe_callback_lag, redis_figures
 from ledger import keys
-from ledger.hotpath import RateParams
+from ledger.campaigns import Campaign
+from ledger.rate import RateParams
 from ledger.settings import Settings
 from ledger.states import CampaignState, State
 from ledger.store import Ledger
@@ -29,10 +30,12 @@ PACED_PER_S = RateParams.of(1, 0.98).per_s
 
 
 def campaign(sync: fakeredis.FakeRedis, messages: int, age_s: float, **fields: Any) -> str:
-    """A campaign of queued messages created age_s ago; fields overwrite its hash."""
+    """A campaign of queued messages created age_s ago; fields (Campaign's) overwrite its
+    hash."""
     options = {k: fields.pop(k) for k in ("state", "segments") if k in fields}
     cid = write_campaign(sync, messages, **options)
-    sync.hset(keys.campaign(cid), mapping={"created_at": f"{time.time() - age_s:.3f}", **fields})
+    created = Campaign.encode(created_at=time.time() - age_s, **fields)
+    sync.hset(keys.campaign(cid), mapping=created)
     return cid
 
 
@@ -93,7 +96,7 @@ def test_nothing_is_overdue_on_a_fresh_ledger(server: fakeredis.FakeServer) -> N
 def test_campaigns_that_are_not_sending_are_not_overdue(
     server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
 ) -> None:
-    future = f"{time.time() + 3600:.3f}"
+    future = time.time() + 3600
     campaign(sync_redis, 3, age_s=1000, state=CampaignState.PAUSED)
     campaign(sync_redis, 3, age_s=1000, state=CampaignState.CANCELLED)
     campaign(sync_redis, 3, age_s=1000, state=CampaignState.SCHEDULED, send_at=future)
@@ -107,7 +110,7 @@ def test_campaigns_that_are_not_sending_are_not_overdue(
 def test_a_scheduled_campaign_is_due_from_its_send_at(
     server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
 ) -> None:
-    send_at = f"{time.time() - 50:.3f}"
+    send_at = time.time() - 50
     cid = campaign(sync_redis, 3, age_s=5000, state=CampaignState.SCHEDULED, send_at=send_at)
     assert overdue(server, make_settings(**SLOW))[cid] == pytest.approx(50 - 3 / PACED_PER_S, abs=5)
     got = figures(server, make_settings(**SLOW))
@@ -117,7 +120,7 @@ def test_a_scheduled_campaign_is_due_from_its_send_at(
 def test_a_campaign_waiting_for_its_send_at_has_no_queue_age(
     server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis
 ) -> None:
-    future = f"{time.time() + 3600:.3f}"
+    future = time.time() + 3600
     campaign(sync_redis, 3, age_s=5000, state=CampaignState.SCHEDULED, send_at=future)
     assert figures(server, make_settings())["oldest_queued_age_s"] == 0
 
@@ -131,7 +134,8 @@ def test_a_trunks_campaigns_share_its_rate(
     assert overdue(server, make_settings(**SLOW)) == {}
     # Both much older: each is late, the second by about 2 s less than the first.
     for cid, age_s in ((first, 1000), (second, 990)):
-        sync_redis.hset(keys.campaign(cid), "created_at", f"{time.time() - age_s:.3f}")
+        created = Campaign.encode(created_at=time.time() - age_s)
+        sync_redis.hset(keys.campaign(cid), mapping=created)
     late = overdue(server, make_settings(**SLOW))
     assert late[first] == pytest.approx(1000 - 100 / PACED_PER_S, abs=5)
     assert late[second] == pytest.approx(late[first] - 2 / PACED_PER_S, abs=1)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from smsq_testing import write_campaign
+from smsq_testing import stored, write_campaign
 from test_http_api import API_TOKEN, AUTH, FakeCelery, run
 from test_http_campaigns import set_records
 
@@ -200,7 +200,7 @@ def test_buttons_are_refused_without_the_csrf_token(server, sync_redis, action: 
     for response in run(server, steps):
         assert response.status_code == 403
         assert response.json() == {"error": "missing or wrong CSRF token; reload the page"}
-    assert sync_redis.hget(keys.campaign(cid), "state") == b"paused"
+    assert stored(sync_redis, cid).state == "paused"
 
 
 def test_pause_resume_and_cancel_with_the_csrf_token(server, sync_redis, counts) -> None:
@@ -215,7 +215,7 @@ def test_pause_resume_and_cancel_with_the_csrf_token(server, sync_redis, counts)
             answers.append(
                 await client.post(f"/dashboard/api/campaigns/{cid}/{action}", headers=headers)
             )
-            seen.append(sync_redis.hget(keys.campaign(cid), "state"))
+            seen.append(stored(sync_redis, cid).state)
         answers.append(await client.post(f"/dashboard/api/campaigns/{cid}/resume", headers=headers))
         return answers
 
@@ -223,7 +223,7 @@ def test_pause_resume_and_cancel_with_the_csrf_token(server, sync_redis, counts)
     assert paused.json() == {"campaign_id": cid, "state": "paused"}
     assert resumed.json()["state"] == "active" and resumed.json()["batches_queued"] == 3
     assert cancelled.json() == {"campaign_id": cid, "state": "cancelled", "cancelled": 250}
-    assert seen == [b"paused", b"active", b"cancelled"]
+    assert seen == ["paused", "active", "cancelled"]
     assert len(celery.sent) == 3
     assert again.status_code == 409 and "cancelled" in again.json()["error"]
     assert counts(cid) == {"cancelled": 250}

@@ -16,12 +16,12 @@ import fakeredis
 import fakeredis.aioredis
 import httpx
 import pytest
-from smsq_testing import SOURCE, accept, make_settings, write_campaign
+from smsq_testing import SOURCE, accept, make_settings, stored, write_campaign
 
+from dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE, SEND_BATCH
 from ledger import events, keys, records
-from ledger.dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE, SEND_BATCH
 from ledger.errors import ConfigError
-from ledger.hotpath import RateParams
+from ledger.rate import RateParams
 from ledger.settings import Settings
 from ledger.states import ALL_STATES, CampaignState
 from ledger.store import Ledger
@@ -163,10 +163,10 @@ def test_create_campaign_is_201_with_the_enqueue_result(server, sync_redis) -> N
         "priority": False,
     }
     assert keys.CAMPAIGN_ID.fullmatch(cid)
-    stored = sync_redis.hgetall(keys.campaign(cid))
-    assert stored[b"name"] == b"sale" and stored[b"text"] == b"Sale today"
-    assert stored[b"trunk"] == b"default" and stored[b"priority"] == b"0"
-    assert float(stored[b"expires_at"]) - float(stored[b"created_at"]) == pytest.approx(600)
+    c = stored(sync_redis, cid)
+    assert c.name == "sale" and c.text == "Sale today"
+    assert c.trunk == "default" and c.priority is False
+    assert c.expires_at - c.created_at == pytest.approx(600)
     stored_records = list(records.iter_batch(0, sync_redis.get(keys.batch(cid, 0))))
     assert [r.destination for r in stored_records] == ["37041654321", "37041654322", "37041654323"]
     assert {r.state for r in stored_records} == {"queued"}
@@ -200,7 +200,7 @@ def test_a_priority_campaign_takes_the_urgent_lane(server, sync_redis) -> None:
     cid = response.json()["campaign_id"]
     # Every message, as cid|batch|index, in index order.
     assert urgent_lane(sync_redis) == [f"{cid}|0|0", f"{cid}|0|1", f"{cid}|1|2"]
-    assert sync_redis.hget(keys.campaign(cid), "priority") == b"1"
+    assert stored(sync_redis, cid).priority is True
     assert celery.sent == [
         (SEND_BATCH, [cid, 0], PRIORITY_QUEUE),
         (SEND_BATCH, [cid, 1], PRIORITY_QUEUE),
@@ -215,7 +215,7 @@ def test_priority_false_is_an_ordinary_campaign(server, sync_redis) -> None:
     assert response.json()["priority"] is False
     cid = response.json()["campaign_id"]
     assert urgent_lane(sync_redis) == []
-    assert sync_redis.hget(keys.campaign(cid), "priority") == b"0"
+    assert stored(sync_redis, cid).priority is False
     assert celery.sent == [(SEND_BATCH, [cid, 0], CAMPAIGN_QUEUE)]
 
 
@@ -374,7 +374,7 @@ def test_stored_but_not_queued_is_202_naming_the_campaign(server, sync_redis) ->
     assert out["campaign_id"] == cid.decode()
     assert response.headers["location"] == f"/v1/campaigns/{cid.decode()}"
     assert out["queued"] == 3 and "workers queue the rest" in out["note"]
-    # Left for the workers' supervisors to finish (resume_stalled).
+    # Left for the workers' supervisors to finish (ledger/enqueuing.py).
     assert sync_redis.zcard(keys.enqueuing()) == 1
 
 
@@ -433,7 +433,7 @@ def test_missing_or_wrong_token_is_401(
     assert response.json() == {"error": "missing or wrong bearer token"}
     assert API_TOKEN not in response.text
     assert stored_campaigns(sync_redis) == [cid.encode()] and celery.sent == []
-    assert sync_redis.hget(keys.campaign(cid), "state") == b"active"
+    assert stored(sync_redis, cid).state == "active"
     assert sync_redis.get(keys.optout_count()) is None
 
 
@@ -676,14 +676,14 @@ def test_pause_then_resume_requeues_the_batches_with_queued_messages(
     assert sorted(args[1] for _, args, _ in celery.sent) == [0, 1, 2]
     assert {q for _, _, q in celery.sent} == {queue}
     assert celery.kwargs == [{"trunk": "default", "urgent": priority}] * 3
-    assert sync_redis.hget(keys.campaign(cid), "state") == b"active"
+    assert stored(sync_redis, cid).state == "active"
 
 
 def test_paused_state_is_stored(server, sync_redis) -> None:
     cid = write_campaign(sync_redis, 3)
     [response] = control(server, cid, "pause")
     assert response.status_code == 200
-    assert sync_redis.hget(keys.campaign(cid), "state") == b"paused"
+    assert stored(sync_redis, cid).state == "paused"
 
 
 @pytest.mark.parametrize(
@@ -722,7 +722,7 @@ def test_pause_or_resume_of_a_cancelled_campaign_is_409(server, sync_redis) -> N
     for response in control(server, cid, "pause", "resume", celery=celery):
         assert response.status_code == 409
         assert response.json() == {"error": f"campaign {cid} is cancelled"}
-    assert sync_redis.hget(keys.campaign(cid), "state") == b"cancelled" and celery.sent == []
+    assert stored(sync_redis, cid).state == "cancelled" and celery.sent == []
 
 
 @pytest.mark.parametrize("action", ["pause", "resume", "cancel"])

@@ -12,7 +12,7 @@ import fakeredis
 import httpx
 import pytest
 from kombu.exceptions import OperationalError
-from smsq_testing import SOURCE, write_campaign
+from smsq_testing import SOURCE, stored, write_campaign
 from test_http_api import (
     ABSENT,
     AUTH,
@@ -24,9 +24,9 @@ from test_http_api import (
     stored_campaigns,
 )
 
+from dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE, SEND_BATCH
 from ledger import keys, records
 from ledger.campaigns import FIELD_SEPARATOR
-from ledger.dispatch import CAMPAIGN_QUEUE, PRIORITY_QUEUE, SEND_BATCH
 from ledger.states import State
 from ledger.store import Ledger
 
@@ -77,7 +77,7 @@ def test_recipients_with_fields_fill_a_templated_text(server, sync_redis) -> Non
         {"index": 3, "value": "12", "reason": "too short: 2 digits, need 8 to 15"}
     ]
     cid = out["campaign_id"]
-    assert sync_redis.hget(keys.campaign(cid), "fields") == b"name,code"
+    assert stored(sync_redis, cid).fields == ("name", "code")
     values = sync_redis.hgetall(keys.fields(cid, 0))
     assert values[b"0"].decode().split(FIELD_SEPARATOR) == ["Ana", "1234"]
     assert values[b"1"].decode().split(FIELD_SEPARATOR) == ["", ""]
@@ -171,7 +171,7 @@ def test_a_scheduled_campaign_waits_parked_until_its_time(server, sync_redis) ->
     # One message scheduled for later is not urgent: the urgent lane means now.
     assert out["priority"] is False
     cid = out["campaign_id"]
-    assert sync_redis.hget(keys.campaign(cid), "state") == b"scheduled"
+    assert stored(sync_redis, cid).state == "scheduled"
     assert sync_redis.zscore(keys.parked(), keys.batch_member(cid, 0)) == pytest.approx(
         send_at.timestamp()
     )
@@ -202,8 +202,8 @@ def test_quiet_hours_are_stored_and_reported(server, sync_redis) -> None:
     window = response.json()["window"]
     assert window["window"] == "09:00-20:00"
     assert set(window) == {"window", "inside_now", "waiting", "next_open"}
-    stored = sync_redis.hgetall(keys.campaign(response.json()["campaign_id"]))
-    assert stored[b"window"] == b"09:00-20:00" and stored[b"timezone"] == b"Europe/Vilnius"
+    c = stored(sync_redis, response.json()["campaign_id"])
+    assert c.window == "09:00-20:00" and c.timezone == "Europe/Vilnius"
 
 
 @pytest.mark.parametrize(
@@ -433,8 +433,8 @@ def test_resend_creates_a_campaign_of_the_chosen_recipients(
     assert response.headers["location"] == f"/v1/campaigns/{cid}"
     assert out["queued"] == len(expected) and out["repeated"] is False
     assert destinations(sync_redis, cid) == expected
-    stored = sync_redis.hgetall(keys.campaign(cid))
-    assert stored[b"parent"] == parent.encode() and stored[b"name"] == b"promo (resend)"
+    c = stored(sync_redis, cid)
+    assert c.parent == parent and c.name == "promo (resend)"
     # A resend of one message is a campaign of one: the priority queue.
     queue = PRIORITY_QUEUE if len(expected) == 1 else CAMPAIGN_QUEUE
     assert celery.sent == [(SEND_BATCH, [cid, 0], queue)]
@@ -506,4 +506,4 @@ def test_resend_keeps_a_templated_parents_values(server, sync_redis) -> None:
     cid = response.json()["campaign_id"]
     assert destinations(sync_redis, cid) == ["37041654322"]
     assert sync_redis.hgetall(keys.fields(cid, 0)) == {b"0": b"Bo"}
-    assert time.time() < float(sync_redis.hget(keys.campaign(cid), "expires_at"))
+    assert time.time() < stored(sync_redis, cid).expires_at

@@ -17,7 +17,7 @@ import fakeredis.aioredis
 import httpx
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from smsq_testing import write_campaign
+from smsq_testing import stored, write_campaign
 from test_http_api import ABSENT, AUTH, FakeCelery, api_settings, run
 from test_http_campaigns import set_records
 
@@ -258,15 +258,15 @@ def test_reschedule_moves_a_scheduled_campaign_and_its_ttl(server, sync_redis) -
         sync_redis, 150, batch_size=100, state=CampaignState.SCHEDULED, send_at=old_at
     )
     # write_campaign counts the TTL from its creation; the producer counts it from send_at.
-    sync_redis.hset(keys.campaign(cid), "expires_at", f"{old_at + 600:.3f}")
+    sync_redis.hset(keys.campaign(cid), mapping=Campaign.encode(expires_at=old_at + 600))
     new_at = round(time.time()) + 7200
     response = reschedule(server, cid, {"send_at": iso(new_at)})
 
     assert response.status_code == 200, response.text
     assert response.json() == {"campaign_id": cid, "state": "scheduled", "send_at": new_at}
-    stored = sync_redis.hgetall(keys.campaign(cid))
-    assert float(stored[b"send_at"]) == pytest.approx(new_at)
-    assert float(stored[b"expires_at"]) == pytest.approx(new_at + 600)
+    c = stored(sync_redis, cid)
+    assert c.send_at == pytest.approx(new_at)
+    assert c.expires_at == pytest.approx(new_at + 600)
     parked = dict(sync_redis.zrange(keys.parked(), 0, -1, withscores=True))
     assert parked == {
         keys.batch_member(cid, 0).encode(): new_at,
@@ -308,7 +308,7 @@ def test_a_bad_new_time_is_422(server, sync_redis, body: dict[str, Any], names: 
     response = reschedule(server, cid, body)
     assert response.status_code == 422, response.text
     assert names in response.json()["error"]
-    assert float(sync_redis.hget(keys.campaign(cid), "send_at")) == pytest.approx(old_at)
+    assert stored(sync_redis, cid).send_at == pytest.approx(old_at)
 
 
 @pytest.mark.parametrize("cid", [ABSENT, "nope"])

@@ -18,8 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from smsq_testing import SOURCE
-from test_scripts_helpers import (
+from script_helpers import (
     OWNER,
     accepted,
     callback,
@@ -37,10 +36,12 @@ from test_scripts_helpers import (
     states,
     unknown,
 )
+from smsq_testing import SOURCE, stored
 
-from ledger import control, keys, optouts, records
-from ledger.recovery import inflight_field
+from ledger import keys, optouts, records
+from ledger.campaigns import Campaign
 from ledger.states import PENDING, CampaignState, Code, State, can_move
+from producer import control
 
 CID = "0123456789abcdef"
 
@@ -140,7 +141,7 @@ def test_set_state_pauses_resumes_and_cancels(real_ledger, real_campaign, real_r
     seen, missing = run(real_ledger, go)
     assert seen == [(True, "paused"), (True, "active"), (True, "cancelled")]
     assert missing is False
-    assert real_redis.hget(keys.campaign(cid), "state") == b"cancelled"
+    assert stored(real_redis, cid).state == "cancelled"
 
 
 def test_a_cancelled_campaign_stays_cancelled(real_ledger, real_campaign, real_redis) -> None:
@@ -154,7 +155,7 @@ def test_a_cancelled_campaign_stays_cancelled(real_ledger, real_campaign, real_r
 
     # Only a repeated cancel succeeds (it changes nothing).
     assert run(real_ledger, go) == [False, False, True]
-    assert real_redis.hget(keys.campaign(cid), "state") == b"cancelled"
+    assert stored(real_redis, cid).state == "cancelled"
 
 
 def test_resuming_a_scheduled_campaign_keeps_it_scheduled(
@@ -166,7 +167,7 @@ def test_resuming_a_scheduled_campaign_keeps_it_scheduled(
         return await ledger.set_state(cid, CampaignState.ACTIVE)
 
     assert run(real_ledger, go) is True
-    assert real_redis.hget(keys.campaign(cid), "state") == b"scheduled"
+    assert stored(real_redis, cid).state == "scheduled"
 
 
 def test_pausing_and_resuming_a_scheduled_campaign_keeps_its_schedule(
@@ -209,7 +210,7 @@ def test_cancel_queued_cancels_every_queued_message_of_every_batch(
         "at": None,
     }
     # The message on the wire is still pending.
-    assert real_redis.hget(keys.campaign(cid), "done_at") is None
+    assert stored(real_redis, cid).done_at is None
 
 
 def test_cancel_of_a_missing_campaign(real_ledger, real_redis) -> None:
@@ -484,7 +485,7 @@ def test_purge_deletes_every_key_the_campaign_owns_and_only_its_index_entries(
 ) -> None:
     gone, kept = real_campaign(4, batch_size=2), real_campaign(2)
     # A templated campaign with quiet hours: its fields and windows keys go too.
-    real_redis.hset(keys.campaign(gone), "fields", "name")
+    real_redis.hset(keys.campaign(gone), mapping=Campaign.encode(fields=("name",)))
     real_redis.hset(keys.fields(gone, 0), mapping={"0": "Ann", "1": "Bob"})
     real_redis.hset(keys.fields(gone, 1), mapping={"2": "Cy", "3": "Di"})
     real_redis.hset(keys.windows(gone), "0", "[]")
@@ -653,17 +654,17 @@ async def apply(ledger, client, cid: str, op: str, i: int) -> None:
     elif op in ("pause", "resume"):
         await ledger.set_state(cid, CampaignState.PAUSED if op == "pause" else CampaignState.ACTIVE)
     elif op == "expire":
-        client.hset(keys.campaign(cid), "expires_at", f"{now - 1:.3f}")
+        client.hset(keys.campaign(cid), mapping=Campaign.encode(expires_at=now - 1))
     elif op == "unconfirm":
         await ledger.unconfirm(0)
     elif op == "settle":
         await ledger.settle_orphans(0)
     elif op == "recover":
         await ledger.hold(cid, b, OWNER)
-        client.hset(keys.inflight(), inflight_field(cid, b, OWNER), 0)
-        await ledger.recover(inflight_field(cid, b, OWNER), 1)
+        client.hset(keys.inflight(), keys.inflight_field(cid, b, OWNER), 0)
+        await ledger.recover(keys.inflight_field(cid, b, OWNER), 1)
     elif op == "forget":
-        await ledger.record([], forget=[inflight_field(cid, b, OWNER)])
+        await ledger.record([], forget=[keys.inflight_field(cid, b, OWNER)])
 
 
 def check_step(
@@ -740,7 +741,7 @@ def test_random_interleavings_keep_counts_moves_and_events_consistent(
                 sending = real_redis.get(keys.sending_by_pair(SOURCE, dest(index)))
                 assert int(sending or 0) == (state is State.SENDING), (index, state, sending)
             if not any(s in PENDING for s in now.values()):
-                assert real_redis.hget(keys.campaign(cid), "done_at") is not None
+                assert stored(real_redis, cid).done_at is not None
             seen, last = len(published), now
 
     run(real_ledger, go)

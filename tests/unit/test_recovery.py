@@ -7,8 +7,7 @@ a test here."""
 from __future__ import annotations
 
 import pytest
-from smsq_testing import SOURCE, make_settings
-from test_scripts_helpers import (
+from script_helpers import (
     OWNER,
     accepted,
     callback,
@@ -26,11 +25,11 @@ from test_scripts_helpers import (
     states,
     unknown,
 )
+from smsq_testing import SOURCE, make_settings, stored
 
 from ledger import keys, records
 from ledger.parking import PARK_LEASE_S
 from ledger.records import LATE, MATCHED
-from ledger.recovery import inflight_field
 from ledger.states import State
 
 
@@ -225,7 +224,7 @@ def test_recover_marks_the_lost_owners_claims_unknown_and_parks_the_batch(
     real_ledger, real_campaign, real_redis
 ) -> None:
     cid = real_campaign(4)
-    lost, alive = inflight_field(cid, 0, OWNER), inflight_field(cid, 0, 8)
+    lost, alive = keys.inflight_field(cid, 0, OWNER), keys.inflight_field(cid, 0, 8)
 
     async def go(ledger):
         await ledger.hold(cid, 0, OWNER)
@@ -269,7 +268,7 @@ def test_race_recover_after_a_fresh_beat_touches_nothing(
     heartbeat deleted'. The supervisor saw the entry silent; the worker beats before the
     recovery runs: the recovery must leave everything as it was."""
     cid = real_campaign(2)
-    field = inflight_field(cid, 0, OWNER)
+    field = keys.inflight_field(cid, 0, OWNER)
 
     async def go(ledger):
         await ledger.hold(cid, 0, OWNER)
@@ -295,7 +294,7 @@ def test_recover_of_a_forgotten_entry_touches_nothing(
     async def go(ledger):
         await claim(ledger, cid, [0])
         before = snapshot(real_redis)
-        return before, await ledger.recover(inflight_field(cid, 0, OWNER), 0)
+        return before, await ledger.recover(keys.inflight_field(cid, 0, OWNER), 0)
 
     before, swept = run(real_ledger, go)
     assert swept == -1
@@ -303,7 +302,7 @@ def test_recover_of_a_forgotten_entry_touches_nothing(
 
 
 def test_hold_and_beat_use_redis_time(real_ledger, real_campaign, real_redis) -> None:
-    field = inflight_field("00000000000000aa", 3, OWNER)
+    field = keys.inflight_field("00000000000000aa", 3, OWNER)
 
     async def go(ledger):
         await ledger.hold("00000000000000aa", 3, OWNER)
@@ -471,4 +470,4 @@ def test_unconfirm_rescores_a_batch_by_its_oldest_remaining_acceptance(
     assert run(real_ledger, go) == 1
     assert states(real_redis, cid) == {0: "unconfirmed", 1: "accepted"}
     assert real_redis.zscore(keys.accepting(), f"{cid}|0") == read_records(real_redis, cid)[1].t1
-    assert real_redis.hget(keys.campaign(cid), "done_at") is None
+    assert stored(real_redis, cid).done_at is None

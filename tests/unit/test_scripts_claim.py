@@ -9,8 +9,7 @@ import random
 import time
 
 import pytest
-from smsq_testing import SOURCE
-from test_scripts_helpers import (
+from script_helpers import (
     CLAIM_BASE,
     FAST,
     OWNER,
@@ -23,9 +22,10 @@ from test_scripts_helpers import (
     run,
     states,
 )
+from smsq_testing import SOURCE, stored
 
 from ledger import keys
-from ledger.hotpath import RateParams
+from ledger.rate import RateParams
 from ledger.states import CampaignState
 
 
@@ -223,7 +223,7 @@ def test_a_cancelled_or_expired_campaign_ends_every_queued_message_of_the_batch(
     }
     assert no_unit_spent(real_redis)
     # One message still pending (sending): not done yet.
-    assert real_redis.hget(keys.campaign(cid), "done_at") is None
+    assert stored(real_redis, cid).done_at is None
 
 
 def test_a_campaign_ended_by_a_claim_is_done(real_ledger, real_campaign, real_redis) -> None:
@@ -233,7 +233,7 @@ def test_a_campaign_ended_by_a_claim_is_done(real_ledger, real_campaign, real_re
         return await claim(ledger, cid, [0])
 
     run(real_ledger, go)
-    done_at = real_redis.hget(keys.campaign(cid), "done_at")
+    done_at = stored(real_redis, cid).done_at
     assert done_at is not None
     assert real_redis.zscore(keys.retention(), cid) == int(done_at)
 
@@ -250,7 +250,7 @@ def test_a_scheduled_campaign_waits_for_send_at(real_ledger, real_campaign, real
     [outcome] = reply.outcomes
     assert (outcome.examined, outcome.outcome, outcome.value) == (0, "scheduled", str(int(send_at)))
     assert states(real_redis, cid) == {0: "queued", 1: "queued"}
-    assert real_redis.hget(keys.campaign(cid), "state") == b"scheduled"
+    assert stored(real_redis, cid).state == "scheduled"
     assert no_unit_spent(real_redis)
 
 
@@ -265,7 +265,7 @@ def test_a_scheduled_campaign_becomes_active_once_send_at_has_passed(
     reply = run(real_ledger, go)
     assert [c.index for c in reply.claimed] == [0]
     assert reply.outcomes[0].outcome == "ok"
-    assert real_redis.hget(keys.campaign(cid), "state") == b"active"
+    assert stored(real_redis, cid).state == "active"
 
 
 def test_a_missing_campaign(real_ledger, real_redis) -> None:
@@ -338,7 +338,9 @@ def test_batches_are_claimed_in_the_order_given(real_ledger, real_campaign, real
 
 def urgent(client, cid: str, *indexes: int, trunk: str = "default", batch_size: int = 100) -> None:
     """Put messages on the trunk's urgent lane, as producer/enqueue.py does."""
-    client.rpush(keys.urgent(trunk), *[f"{cid}|{i // batch_size}|{i}" for i in indexes])
+    client.rpush(
+        keys.urgent(trunk), *[keys.urgent_member(cid, i // batch_size, i) for i in indexes]
+    )
 
 
 async def claim_lane(ledger, *, trunk: str = "default", max_messages: int = 1000):
@@ -441,7 +443,7 @@ def test_urgent_messages_of_a_paused_campaign_leave_the_lane_and_stay_queued(
     reply = run(real_ledger, go)
     assert reply.claimed == []
     assert states(real_redis, cid) == {0: "queued"}
-    # Its batch task takes it once resumed (ledger/control.py publishes queued batches).
+    # Its batch task takes it once resumed (producer/control.py publishes queued batches).
     assert real_redis.llen(keys.urgent("default")) == 0
 
 

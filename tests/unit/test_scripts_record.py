@@ -5,8 +5,7 @@ callbacks joined at once, and a campaign marked done when its last pending messa
 from __future__ import annotations
 
 import pytest
-from smsq_testing import SOURCE
-from test_scripts_helpers import (
+from script_helpers import (
     OWNER,
     TIME_END,
     TIME_START,
@@ -26,11 +25,11 @@ from test_scripts_helpers import (
     states,
     unknown,
 )
+from smsq_testing import SOURCE, stored
 
 from ledger import keys, records
 from ledger.hotpath import Result
 from ledger.records import LATE, MATCHED, RAW_ID
-from ledger.recovery import inflight_field
 
 CALLBACK_FIELDS = ("status", "code_id", "reason", "fragments_sent", "time_start", "time_end")
 
@@ -224,11 +223,11 @@ def test_forget_deletes_finished_in_flight_entries(real_ledger, real_campaign, r
     async def go(ledger):
         await ledger.hold(cid, 0, 7)
         await ledger.hold(cid, 1, 7)
-        return await ledger.record([], forget=[inflight_field(cid, 0, 7)])
+        return await ledger.record([], forget=[keys.inflight_field(cid, 0, 7)])
 
     recorded = run(real_ledger, go)
     assert (recorded.moved, recorded.settled) == ([], [])
-    assert real_redis.hkeys(keys.inflight()) == [inflight_field(cid, 1, 7).encode()]
+    assert real_redis.hkeys(keys.inflight()) == [keys.inflight_field(cid, 1, 7).encode()]
 
 
 def test_forget_releases_the_owners_claims_it_never_posted(
@@ -237,7 +236,7 @@ def test_forget_releases_the_owners_claims_it_never_posted(
     """A claim whose reply the caller never got (the round trip failed) was never posted: once
     the caller lets the batch go, its number's claims still sending go back to queued."""
     cid = real_campaign(4)
-    mine = inflight_field(cid, 0, OWNER)
+    mine = keys.inflight_field(cid, 0, OWNER)
 
     async def go(ledger):
         await ledger.hold(cid, 0, OWNER)
@@ -269,7 +268,7 @@ def test_forget_with_nothing_left_sending_parks_nothing(
     async def go(ledger):
         await ledger.hold(cid, 0, OWNER)
         await claim(ledger, cid, [0])
-        await ledger.record([rejected(cid, 0)], forget=[inflight_field(cid, 0, OWNER)])
+        await ledger.record([rejected(cid, 0)], forget=[keys.inflight_field(cid, 0, OWNER)])
 
     run(real_ledger, go)
     assert states(real_redis, cid) == {0: "rejected"}
@@ -504,16 +503,16 @@ def test_the_campaign_is_done_when_its_last_pending_message_settles(
         await accepted_messages(ledger, cid, 0, 1)
         await claim(ledger, cid, [2])
         await ledger.record([rejected(cid, 2)])
-        seen.append(real_redis.hget(keys.campaign(cid), "done_at"))
+        seen.append(stored(real_redis, cid).done_at)
         await ledger.apply_callback(callback(did(0), destination=dest(0)))
-        seen.append(real_redis.hget(keys.campaign(cid), "done_at"))
+        seen.append(stored(real_redis, cid).done_at)
         await ledger.apply_callback(
             callback(did(1), status="Failed", code_id=1, destination=dest(1))
         )
         return seen
 
     assert run(real_ledger, go) == [None, None]
-    done_at = real_redis.hget(keys.campaign(cid), "done_at")
+    done_at = stored(real_redis, cid).done_at
     assert done_at is not None
     assert abs(int(done_at) - redis_now(real_redis)) <= 2
     assert real_redis.zscore(keys.retention(), cid) == int(done_at)

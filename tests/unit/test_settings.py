@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ledger.errors import ConfigError
-from ledger.hotpath import RateParams
+from ledger.rate import RateParams
 from ledger.settings import DEFAULT_RATE_PER_S, load_settings
 
 PASSWORD = "pw-SECRET"

@@ -1,4 +1,5 @@
-"""Tests for ledger.windows: quiet-hours windows, the time zones of numbers, UTC intervals."""
+"""Tests for producer.windows and ledger.quiet_hours: quiet-hours windows, the time zones of
+numbers, UTC intervals."""
 
 from __future__ import annotations
 
@@ -15,20 +16,22 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.timezone import TIMEZONE_DATA, time_zones_for_number
 
 from ledger.errors import InputError
-from ledger.windows import (
+from ledger.quiet_hours import (
+    WindowState,
+    decode_intervals,
+    encode_intervals,
+    next_open,
+    window_state,
+)
+from producer.windows import (
     MAX_SPAN_S,
     NO_SHARED_HOUR_REASON,
     UNPLACEABLE_REASON,
     UnplaceableNumber,
     Window,
-    WindowState,
-    decode_intervals,
-    encode_intervals,
-    next_open,
     open_intervals,
     parse_timezone,
     parse_window,
-    window_state,
     zones_for_number,
 )
 

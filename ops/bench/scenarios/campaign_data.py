@@ -1,4 +1,4 @@
-"""A campaign's data at a million (issues 10 and 11): a templated enqueue, the opt-out list
+"""A campaign's data at a million: a templated enqueue, the opt-out list
 (imported, kept, checked at enqueue), and the per-recipient report, each at 1,000,000.
 
 The report's records are written here as a finished campaign's would be (sent or failed, a

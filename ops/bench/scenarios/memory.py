@@ -1,4 +1,4 @@
-"""Kept from issue 4: worker resident memory grows by less than 50 MB over a 1,000,000-message
+"""Worker resident memory grows by less than 50 MB over a 1,000,000-message
 campaign against the simulator at 0 ms.
 
 RSS is read from /proc for the worker and its pool processes together, once a

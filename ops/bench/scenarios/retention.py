@@ -1,4 +1,4 @@
-"""For later issues: what a finished campaign costs in Redis while it is kept (SMSQ_RETENTION_S,
+"""What a finished campaign costs in Redis while it is kept (SMSQ_RETENTION_S,
 a week by default). A campaign is sent through the simulator with its callbacks delivered to
 the real ingester until every message is settled; then Redis MEMORY USAGE of the campaign's
 keys per message (at most 40 bytes), and of the DIDWW-id index buckets (``smsq:ids:*``) per

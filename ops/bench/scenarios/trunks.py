@@ -1,4 +1,4 @@
-"""Issue 12: the rate accuracy of the sending engine holds with two trunks at once.
+"""The rate accuracy of the sending engine holds with two trunks at once.
 
 Two simulators stand in for two DIDWW trunks with their own credentials: `default` at the
 lower of the rate scenario's limits and `b` at the higher (SMSQ_TRUNKS=b,

@@ -1,4 +1,5 @@
-"""Operator control of a campaign, shared by the `smsq` command and the HTTP API."""
+"""Operator control of a campaign (resume, cancel, reschedule, purge), shared by the `smsq`
+command and the HTTP API."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
+from dispatch import dispatch, dispatch_parked
 from ledger import keys
-from ledger.dispatch import dispatch, dispatch_parked
+from ledger.campaigns import Campaign
 from ledger.errors import InputError
+from ledger.quiet_hours import QuietHours
 from ledger.states import PENDING, CampaignState
 from ledger.store import Ledger
-from ledger.windows import encode_intervals, open_intervals, parse_window
+from producer.windows import open_intervals, parse_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,37 +61,31 @@ async def reschedule(ledger: Ledger, cid: str, send_at: float) -> bool | None:
         while True:
             try:
                 await pipe.watch(key, keys.windows(cid))
-                raw = await pipe.hmget(
-                    key, "state", "send_at", "expires_at", "window", "batches", "created_at"
-                )
-                if raw[0] is None:
+                c = Campaign.stored(cid, await pipe.hgetall(key))
+                if c is None:
                     return None
-                state, old_at = raw[0].decode(), float(raw[1] or 0)
-                waiting = state in (CampaignState.SCHEDULED, CampaignState.PAUSED)
-                if not waiting or old_at <= time.time() + 1:
+                waiting = c.state in (CampaignState.SCHEDULED, CampaignState.PAUSED)
+                if not waiting or c.send_at <= time.time() + 1:
                     raise InputError(
-                        f"campaign {cid} is not waiting for a scheduled time (it is {state}); "
+                        f"campaign {cid} is not waiting for a scheduled time (it is {c.state}); "
                         "only a scheduled campaign that has not started can be rescheduled"
                     )
-                ttl_s = float(raw[2]) - old_at
-                windows = await pipe.hgetall(keys.windows(cid)) if raw[3] else {}
-                pipe.multi()
-                pipe.hset(
-                    key,
-                    mapping={"send_at": f"{send_at:.3f}", "expires_at": f"{send_at + ttl_s:.3f}"},
+                ttl_s = c.expires_at - c.send_at
+                hours = (
+                    QuietHours.from_hash(await pipe.hgetall(keys.windows(cid)))
+                    if c.window
+                    else None
                 )
-                if raw[3]:
-                    window = parse_window(raw[3].decode())
-                    for field, zones in windows.items():
-                        name = field.decode()
-                        if name.startswith("z:"):
-                            intervals = open_intervals(
-                                window, zones.decode().split(","), send_at, send_at + ttl_s
-                            )
-                            pipe.hset(
-                                keys.windows(cid), f"g:{name[2:]}", encode_intervals(intervals)
-                            )
-                parked = {keys.batch_member(cid, b): send_at for b in range(int(raw[4]))}
+                pipe.multi()
+                pipe.hset(key, mapping=Campaign.encode(send_at=send_at, expires_at=send_at + ttl_s))
+                if hours is not None:
+                    window = parse_window(c.window)
+                    intervals = [
+                        open_intervals(window, g.zones, send_at, send_at + ttl_s)
+                        for g in hours.groups
+                    ]
+                    pipe.hset(keys.windows(cid), mapping=hours.with_intervals(intervals).to_hash())
+                parked = {keys.batch_member(cid, b): send_at for b in range(c.batches)}
                 for start in range(0, len(parked), 1000):
                     pipe.zadd(keys.parked(), dict(list(parked.items())[start : start + 1000]))
                 await pipe.execute()

@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from smsq_testing import SOURCE
+from smsq_testing import SOURCE, stored
 
 from callbacks.document import parse
 from ledger import events, keys, records
-from ledger.hotpath import ClaimReply, RateParams, Result
+from ledger.hotpath import ClaimReply, Result
+from ledger.rate import RateParams
 from ledger.records import Record
 from ledger.store import CallbackUpdate, Ledger
 
@@ -154,7 +155,7 @@ def read_events(client: Any, stream: str = "smsq:events") -> list[dict[str, Any]
 
 
 def read_records(client: Any, cid: str, batch: int = 0) -> list[Record]:
-    size = int(client.hget(keys.campaign(cid), "batch_size"))
+    size = stored(client, cid).batch_size
     return list(records.iter_batch(batch * size, client.get(keys.batch(cid, batch)) or b""))
 
 

@@ -1,11 +1,11 @@
 """Quiet hours (``--window``): when each recipient may get a message, in their local time.
 
-Parses windows and zones, finds a number's time zones, and yields the UTC intervals stored.
+Parses windows and zones, finds a number's time zones (phonenumbers), and works out the UTC
+intervals the ledger stores (ledger/quiet_hours.py).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -443,66 +443,3 @@ def _intersect(
         else:
             j += 1
     return _merge(out)
-
-
-def encode_intervals(intervals: Iterable[tuple[int, int]]) -> str:
-    """``"s-e,s-e"``: decimal Unix seconds, what the Lua check reads; "" for none."""
-    return ",".join(f"{s}-{e}" for s, e in intervals)
-
-
-def decode_intervals(text: str) -> list[tuple[int, int]]:
-    """The intervals encode_intervals wrote; ValueError on anything else."""
-    if not text:
-        return []
-    intervals = []
-    for item in text.split(","):
-        s, sep, e = item.partition("-")
-        if not (sep and s.isdigit() and e.isdigit() and s.isascii() and e.isascii()):
-            raise ValueError(f"not an interval list: {_quote(text)}")
-        intervals.append((int(s), int(e)))
-    return intervals
-
-
-# --- now -------------------------------------------------------------------------------------
-
-
-def next_open(intervals: Sequence[tuple[int, int]], now_ts: float) -> tuple[bool, int | None]:
-    """(inside an interval now, the earliest second from now that is inside one, or None).
-
-    now_ts counts as its whole second, as Redis TIME does; inside, the second value is now.
-    """
-    now = math.floor(now_ts)
-    at = bisect.bisect_right(intervals, now, key=lambda interval: interval[0]) - 1
-    if at >= 0 and now < intervals[at][1]:
-        return True, now
-    if at + 1 < len(intervals):
-        return False, intervals[at + 1][0]
-    return False, None
-
-
-@dataclass(frozen=True)
-class WindowState:
-    """Recipients of a campaign with quiet hours, as of one instant (for the dry run)."""
-
-    inside: int  # may be sent to now
-    waiting: int  # their window opens later
-    closed: int  # their window does not open again before the campaign expires
-    next_open_ts: int | None  # when the first waiting recipient's window opens
-
-
-def window_state(
-    groups: Iterable[tuple[Sequence[tuple[int, int]], int]], now_ts: float
-) -> WindowState:
-    """Sums (intervals, recipients) groups: who is inside now and when the next window opens."""
-    inside = waiting = closed = 0
-    soonest: int | None = None
-    for intervals, recipients in groups:
-        is_inside, opens = next_open(intervals, now_ts)
-        if is_inside:
-            inside += recipients
-        elif opens is None:
-            closed += recipients
-        else:
-            waiting += recipients
-            soonest = opens if soonest is None else min(soonest, opens)
-    return WindowState(inside, waiting, closed, soonest)

@@ -32,7 +32,7 @@ def _queue(name: str) -> Queue:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings for side-effecting tasks (DESIGN.md decision 7)."""
+    """Celery settings for side-effecting tasks (docs/architecture.md D9)."""
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from ledger import keys
+from ledger.campaigns import Campaign
 from ledger.records import Record, iter_batch
 from ops.stack import RedisServer, Stack, default_settings_env
 
@@ -31,11 +32,10 @@ class TestStack(Stack):
         client = self.redis()
         try:
             found = {}
-            raw = client.hgetall(keys.campaign(cid))
-            batch_size, batches = int(raw[b"batch_size"]), int(raw[b"batches"])
-            for batch_no in range(batches):
+            c = Campaign.from_hash(cid, client.hgetall(keys.campaign(cid)))
+            for batch_no in range(c.batches):
                 data = client.get(keys.batch(cid, batch_no)) or b""
-                for record in iter_batch(batch_no * batch_size, data):
+                for record in iter_batch(c.first_index(batch_no), data):
                     found[record.destination] = record
             return found
         finally:
@@ -78,6 +78,62 @@ class TestStack(Stack):
 
     def wait_done(self, cid: str, timeout_s: float = 90) -> dict[str, Any]:
         return self.wait_until(cid, lambda s: bool(s["done"]), timeout_s)
+
+    def wait_for(self, check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+        """Poll check every 0.1 s until it holds; fail naming what was awaited. A test waits
+        on a signal like this, never sleeps for a guessed time."""
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.logs_tail()}"
+                )
+            for worker in self.workers:
+                worker.check_alive()
+            time.sleep(0.1)
+
+    def logged(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        """The workers' JSON log lines of this event whose fields have these values."""
+        found = []
+        for worker in self.workers:
+            for line in worker.log().splitlines():
+                if not line.startswith("{") or f'"{event}"' not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # the line being written
+                if entry.get("event") == event and fields.items() <= entry.items():
+                    found.append(entry)
+        return found
+
+    def set_aside(self, cid: str) -> bool:
+        """Whether the workers have let go of all the campaign's remaining work: none of its
+        messages is sending (every request written has been answered), no worker process holds
+        one of its batches, and every batch with a queued message is parked."""
+        client = self.redis()
+        try:
+            c = Campaign.from_hash(cid, client.hgetall(keys.campaign(cid)))
+            held = [f for f in client.hkeys(keys.inflight()) if f.decode().startswith(f"{cid}|")]
+            parked = [keys.parse_batch_member(m) for m in client.zrange(keys.parked(), 0, -1)]
+        finally:
+            client.close()
+        records = self.records(cid).values()
+        if held or any(r.state == "sending" for r in records):
+            return False
+        waiting = {c.batch_of(r.index) for r in records if r.state == "queued"}
+        return waiting <= {batch for parked_cid, batch in parked if parked_cid == cid}
+
+    def let_go(self, cid: str) -> bool:
+        """Whether every batch of the campaign has been let go by a worker (batch_done): the
+        claim script answered for each, a pause or a cancel if there was one."""
+        client = self.redis()
+        try:
+            c = Campaign.from_hash(cid, client.hgetall(keys.campaign(cid)))
+        finally:
+            client.close()
+        done = {e["batch"] for e in self.logged("batch_done", campaign_id=cid)}
+        return done >= set(range(c.batches))
 
     def logs_tail(self, lines: int = 20) -> str:
         parts = []

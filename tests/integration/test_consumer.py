@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from ledger import events
-from ops.stack import ROOT, RedisServer
+from ops.stack import ROOT, RedisServer, wait_for
 from producer.consumer import EventConsumer
 
 STREAM = "smsq:events"
@@ -158,7 +158,13 @@ def test_a_dead_consumers_events_are_claimed_after_the_idle_time(server, client)
 
     with EventConsumer(server.url, "billing", "alive") as alive:
         assert drain(alive) == []  # not idle long enough for the default: no claim
-    time.sleep(0.3)
+
+    def idle_ms() -> int:
+        pending = client.xpending_range(STREAM, "billing", "-", "+", 10)
+        return min(int(p["time_since_delivered"]) for p in pending)
+
+    # Redis's clock decides: every pending event idle for longer than the 200 ms allowed.
+    wait_for(lambda: idle_ms() > 200, 5, "the dead consumer's events to be idle 200 ms")
     with EventConsumer(server.url, "billing", "alive", claim_idle_ms=200) as alive:
         assert numbers(drain(alive)) == [0, 1, 2]
     assert client.xpending(STREAM, "billing")["pending"] == 0

@@ -1,4 +1,4 @@
-"""Faults injected for real (issue 3): a flaky API, an outage, a worker killed or stopped,
+"""Faults injected for real: a flaky API, an outage, a worker killed or stopped,
 Redis restarted. Each run checks the two promises: nothing lost, nothing sent twice."""
 
 from __future__ import annotations

@@ -123,9 +123,12 @@ def test_pause_resume_and_cancel_over_http_control_a_real_worker(make_stack, req
 
     paused = api.post(f"/v1/campaigns/{cid}/pause")
     assert paused.status_code == 200 and paused.json()["state"] == "paused"
-    time.sleep(1.0)
+    # Every request written before the pause has been answered.
+    wait_status(api, cid, lambda s: s["counts"]["sending"] == 0)
     posted = int(stack.sim("stats")["accepted"])
-    time.sleep(1.5)
+    # The worker offered each of the campaign's batches to the claim script, which handed
+    # them back as paused: it had every chance to post more.
+    stack.wait_for(lambda: stack.let_go(cid), "every batch of the paused campaign let go")
     assert int(stack.sim("stats")["accepted"]) == posted, "a worker kept posting while paused"
 
     resumed = api.post(f"/v1/campaigns/{cid}/resume")

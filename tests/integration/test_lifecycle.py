@@ -1,4 +1,4 @@
-"""A campaign's whole life (issue 10), for real: it always finishes (lost callbacks become
+"""A campaign's whole life, for real: it always finishes (lost callbacks become
 unconfirmed), it is enqueued once (idempotency keys, also after a SIGKILL mid-enqueue), its
 per-recipient report matches what the API saw, its failures can be resent, and it is gone
 from Redis after its retention."""
@@ -43,7 +43,11 @@ def test_a_campaign_whose_callbacks_were_lost_ends_done_with_exactly_those_uncon
     stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 150)
     assert stack.callbacks is not None
     stack.callbacks.stop()  # the ingester is down: DIDWW's callbacks meanwhile are lost
-    time.sleep(1.5)
+    failed_at = int(stack.sim("stats")["callbacks_failed"])
+    stack.wait_for(
+        lambda: int(stack.sim("stats")["callbacks_failed"]) >= failed_at + 50,
+        "callbacks lost while the ingester is down",
+    )
     stack.start_callbacks()
     stack.sim(
         "config", {"callback_url": f"{stack.callbacks_url}/callbacks?token=demo-callback-token"}
@@ -106,9 +110,17 @@ def test_the_same_idempotency_key_gives_one_campaign_even_after_a_sigkill_mid_en
     argv = [smsq, "send", "--source", SOURCE, "--recipients", str(path), "--text", "once"]
     argv += ["--idempotency-key", "order-42", "--json"]
     killed = subprocess.Popen(argv, env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+
+    def sending_while_enqueuing() -> bool:
+        assert killed.poll() is None, "the enqueue ended before it could be killed"
+        return int(stack.sim("stats")["accepted"]) > 0
+
+    # Killed mid-enqueue: the campaign is stored and its first batches are sending, while
+    # the rest are still being queued.
+    stack.wait_for(sending_while_enqueuing, "the first messages of the enqueue in progress")
     killed.send_signal(signal.SIGKILL)
-    killed.communicate(timeout=10)
+    out, _ = killed.communicate(timeout=10)
+    assert killed.returncode == -signal.SIGKILL and not out, "the enqueue finished first"
 
     first = subprocess.run(argv, env=stack.env(), capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr

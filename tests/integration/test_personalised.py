@@ -1,4 +1,4 @@
-"""Who gets what (issue 11), for real: a templated text rendered per recipient from a CSV,
+"""Who gets what, for real: a templated text rendered per recipient from a CSV,
 lines with a missing field or too long a text rejected with their line numbers; opted-out
 numbers never reach the API, whether they opted out before or during the campaign; a dry
 run writes nothing and predicts the real run."""

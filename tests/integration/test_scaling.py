@@ -1,6 +1,6 @@
 """Four workers with their own names share one campaign and one rate limit; a worker added
 mid-campaign takes work at once; one stopped with SIGTERM loses nothing. Their metrics, and
-the callbacks service's, are read the way Prometheus scrapes them (issue 5)."""
+the callbacks service's, are read the way Prometheus scrapes them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Claim at the wire (issue 9): a message leaves `queued` only as its request is written, so
+"""Claim at the wire: a message leaves `queued` only as its request is written, so
 a 401, a pause or a cancel stops requests at once, and a worker killed mid-campaign leaves
 `unknown` only the requests it had written. The simulator answers slowly, so many requests
 are in flight whenever these happen; time is read from the simulator's arrival stamps."""
@@ -51,7 +51,9 @@ def test_a_401_stops_every_worker_with_only_the_requests_already_written(
     stack.wait_until(cid, lambda s: s["counts"]["sent"] >= 100)
 
     stack.sim("config", {"password": "revoked"})
-    time.sleep(3.0)
+    # Every worker had its chance to write after the 401: each batch with queued messages
+    # was taken and set aside (parked), none is held any more, and nothing is in flight.
+    stack.wait_for(lambda: stack.set_aside(cid), "the workers to set the campaign aside")
     seen = arrivals(stack)
     refused = [t for t, status in seen if status == 401]
     assert refused, "no request was refused"
@@ -88,11 +90,12 @@ def test_pause_and_cancel_stop_requests_at_once(make_stack, tmp_path: Path, comm
     # The command has returned: its change is in Redis, and every claim checks it.
     stopped_at = time.time()
     other = stack.send("--recipients", str(tmp_path / "other.csv"), "--text", "yo")
-    time.sleep(2.0)
+    # Other campaigns go on meanwhile: the same four processes, which had the campaign's
+    # batches in hand (its batches still on the queue come before this one's), send all of
+    # one enqueued after the stop.
+    assert stack.wait_done(other["campaign_id"], timeout_s=60)["counts"]["sent"] == 200
     later = [t for t in arrived_for(stack, numbers) if t > stopped_at + SLACK_S]
     assert not later, f"{len(later)} requests of the campaign written after the {command}"
-    # Other campaigns go on meanwhile.
-    assert stack.wait_done(other["campaign_id"], timeout_s=60)["counts"]["sent"] == 200
 
     if command == "pause":
         assert stack.status(cid)["state"] == "paused"

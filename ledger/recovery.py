@@ -88,7 +88,18 @@ class Recovery(LedgerCore):
         return int(
             await self.scripts["unconfirm"](
                 keys=[keys.accepting(), self.stream],
-                args=[timeout_s, self.maxlen, events.encode(base), SCRIPT_BATCH],
+                args=[timeout_s, self.maxlen, events.encode(base), SCRIPT_BATCH, "", 0],
+            )
+        )
+
+    async def unconfirm_campaign(self, cid: str, batches: int) -> int:
+        """Every accepted message of a campaign becomes unconfirmed now, with its event (a
+        purge, so no message is left waiting for a callback of a campaign that is gone)."""
+        base = events.message_event(None, None, "", "", None)
+        return int(
+            await self.scripts["unconfirm"](
+                keys=[keys.accepting(), self.stream],
+                args=[0, self.maxlen, events.encode(base), batches, cid, batches],
             )
         )
 

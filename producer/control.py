@@ -14,7 +14,7 @@ from ledger import keys
 from ledger.campaigns import Campaign
 from ledger.errors import InputError
 from ledger.quiet_hours import QuietHours
-from ledger.states import PENDING, CampaignState
+from ledger.states import PENDING, CampaignState, State
 from ledger.store import Ledger
 from producer.windows import open_intervals, parse_window
 
@@ -95,15 +95,27 @@ async def reschedule(ledger: Ledger, cid: str, send_at: float) -> bool | None:
 
 
 async def purge(ledger: Ledger, cid: str) -> bool | None:
-    """Delete a finished (or cancelled) campaign now; None if there is no such campaign,
-    InputError if messages of it are still pending and it is not cancelled."""
+    """Delete a finished (or cancelled) campaign now; None if there is no such campaign.
+    InputError if messages of it are still pending and it is not cancelled, or if requests of
+    it are on the wire now (their answers must be recorded first). A cancelled campaign's
+    messages still waiting for their callback become unconfirmed first, with their events, so
+    the ledger is left whole."""
     status = await ledger.status(cid, with_warnings=False)
     if status is None:
         return None
-    pending = sum(status.counts.get(s, 0) for s in PENDING)
-    if pending and status.campaign.state != CampaignState.CANCELLED:
+    c, counts = status.campaign, status.counts
+    pending = sum(counts.get(s, 0) for s in PENDING)
+    if pending and c.state != CampaignState.CANCELLED:
         raise InputError(
             f"campaign {cid} still has {pending} messages queued, sending or waiting for their "
             "callback; cancel it first, or wait until it is done"
         )
+    sending = counts.get(State.SENDING, 0)
+    if sending:
+        raise InputError(
+            f"campaign {cid} has {sending} messages being sent right now; purge it again once "
+            "their answers are in (seconds)"
+        )
+    if counts.get(State.ACCEPTED, 0):
+        await ledger.unconfirm_campaign(cid, c.batches)
     return await ledger.purge(cid)

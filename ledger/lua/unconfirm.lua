@@ -1,15 +1,24 @@
 -- Messages accepted longer ago than the callback timeout, with no callback yet, become
 -- unconfirmed (a final state with its event); a callback that comes later still settles
 -- them (callback.lua). Batches are found through the accepting set, scored by their oldest
--- acceptance.
+-- acceptance. Given a campaign (ARGV[5], with its batch count ARGV[6]), every accepted message
+-- of that campaign becomes unconfirmed now, whatever its age (a purge, which must not leave
+-- messages waiting for callbacks of a campaign that is gone).
 -- KEYS[1] accepting set   KEYS[2] events stream
 -- ARGV[1] callback timeout (s)   ARGV[2] stream maxlen   ARGV[3] event base JSON
--- ARGV[4] most batches to look at
+-- ARGV[4] most batches to look at   ARGV[5] campaign id or ''   ARGV[6] its batches
 -- Returns the number of messages that became unconfirmed.
 local now = tonumber(redis.call('TIME')[1])
 local limit = now - tonumber(ARGV[1])
 local changed = 0
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit, 'LIMIT', 0, ARGV[4])
+local due
+if ARGV[5] and ARGV[5] ~= '' then
+  limit = now
+  due = {}
+  for b = 0, tonumber(ARGV[6]) - 1 do due[#due + 1] = ARGV[5] .. '|' .. b end
+else
+  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit, 'LIMIT', 0, ARGV[4])
+end
 for _, member in ipairs(due) do
   local cid, b = string.match(member, '^(.*)|(%d+)$')
   b = tonumber(b)

@@ -40,6 +40,7 @@ from smsq_testing import SOURCE, stored
 
 from ledger import keys, optouts, records
 from ledger.campaigns import Campaign
+from ledger.errors import InputError
 from ledger.states import PENDING, CampaignState, Code, State, can_move
 from producer import control
 
@@ -542,6 +543,42 @@ def test_purge_of_a_missing_campaign_forgets_it(real_ledger, real_redis) -> None
 
     assert run(real_ledger, go) is False
     assert real_redis.exists(keys.retention(), keys.campaigns()) == 0
+
+
+def test_purge_refuses_while_requests_are_on_the_wire_and_leaves_no_message_half_way(
+    real_ledger, real_campaign, real_redis
+) -> None:
+    """A cancelled campaign with one message sending and one accepted: purge refuses, saying
+    why; once the answer is in, the accepted messages become unconfirmed (their events
+    published) before everything goes, and no pair counter is left behind."""
+    cid = real_campaign(3)
+
+    async def go(ledger):
+        await claim(ledger, cid, [0, 1])
+        await ledger.record([accepted(cid, 0, did(0))])
+        assert await control.cancel(ledger, cid) == 1
+        try:
+            await control.purge(ledger, cid)
+        except InputError as exc:
+            refused = str(exc)
+        else:
+            refused = ""
+        before = counts(real_redis, cid)
+        await ledger.record([accepted(cid, 1, did(1))])
+        return refused, before, await control.purge(ledger, cid)
+
+    refused, before, purged = run(real_ledger, go)
+    assert refused == (
+        f"campaign {cid} has 1 messages being sent right now; purge it again once their "
+        "answers are in (seconds)"
+    )
+    assert before == {"accepted": 1, "sending": 1, "cancelled": 1}
+    assert purged is True
+    unconfirmed = [e for e in read_events(real_redis) if e["type"] == "unconfirmed"]
+    assert sorted(e["message_id"] for e in unconfirmed) == [f"{cid}-0", f"{cid}-1"]
+    assert real_redis.exists(keys.campaign(cid), keys.counts(cid), keys.batch(cid, 0)) == 0
+    assert real_redis.keys("smsq:sending:*") == []
+    assert real_redis.zcard(keys.accepting()) == 0
 
 
 def test_unindex_removes_only_the_campaigns_entries(real_ledger, real_redis) -> None:

@@ -108,6 +108,12 @@ class Template:
         return cls(text, tuple(fields), "".join(chunks), tuple(slots))
 
     @property
+    def literal_chars(self) -> int:
+        """How many characters of the text are not placeholders: every message rendered
+        from it has at least these."""
+        return len(self._format % (("",) * len(self._slots)))
+
+    @property
     def is_plain(self) -> bool:
         """True when the text has no field: every message gets the same, unescaped, text."""
         return not self.fields

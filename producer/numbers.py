@@ -11,12 +11,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ledger.campaigns import FIELD_SEPARATOR
+from ledger.errors import InputError
 
 # E.164 allows at most 15 digits; fewer than 8 is a short code or a typo, not a mobile number.
 MIN_DIGITS = 8
 MAX_DIGITS = 15
 # Longer values are cut in rejection reports so one runaway line cannot flood the output.
 MAX_REJECTED_VALUE_CHARS = 40
+# A campaign's recipients carry at most this many distinct fields, and a value at most this
+# many characters: far more than any message template uses, and the bound that keeps the
+# work per recipient (a value for every field) and the values stored with it small.
+MAX_FIELDS = 64
+MAX_VALUE_CHARS = 1000
 
 # Formatting people put in numbers: spaces (incl. the no-break ones spreadsheets and word
 # processors insert), tabs, hyphen and the Unicode dashes that autocorrect makes of it, dots
@@ -196,6 +202,8 @@ def normalize_recipients(recipients: Iterable[str | Mapping[str, object]]) -> Nu
     for item in items:
         if isinstance(item, Mapping) and isinstance(item.get("fields"), Mapping):
             names.update(dict.fromkeys(str(k) for k in item["fields"]))  # type: ignore[union-attr]
+            if len(names) > MAX_FIELDS:
+                raise too_many_fields(len(names), "the recipients")
     columns = tuple(names)
     collector = NumbersCollector(columns)
     for position, item in enumerate(items, start=1):
@@ -210,15 +218,33 @@ def normalize_recipients(recipients: Iterable[str | Mapping[str, object]]) -> Nu
             collector.reject(position, str(item["destination"]), "fields must be an object")
             continue
         row = []
+        reason = ""
         for name in columns:
             value = fields.get(name, "")
             if value is None:
                 value = ""
             if isinstance(value, bool) or not isinstance(value, str | int | float):
+                reason = "a field value is not text"
                 break
-            row.append(str(value).replace(FIELD_SEPARATOR, " "))
+            text = str(value)
+            if len(text) > MAX_VALUE_CHARS:
+                reason = too_long_value(name, len(text))
+                break
+            row.append(text.replace(FIELD_SEPARATOR, " "))
+        if reason:
+            collector.reject(position, str(item["destination"]), reason)
         else:
             collector.add(position, item["destination"], FIELD_SEPARATOR.join(row))
-            continue
-        collector.reject(position, str(item["destination"]), "a field value is not text")
     return collector.result()
+
+
+def too_many_fields(found: int, where: str) -> InputError:
+    return InputError(
+        f"{where} name {'more than ' if found > MAX_FIELDS else ''}{MAX_FIELDS} distinct "
+        f"fields; a campaign may have at most {MAX_FIELDS}"
+    )
+
+
+def too_long_value(name: str, chars: int) -> str:
+    """The reason a recipient is rejected for a field value over MAX_VALUE_CHARS."""
+    return f"field {name!r} is {chars:,} characters long; at most {MAX_VALUE_CHARS:,}"

@@ -37,6 +37,11 @@ from producer.windows import (
 MAX_REPORTED_REJECTIONS = 100
 # A campaign may be scheduled at most this far ahead.
 MAX_SCHEDULE_S = 366 * 24 * 3600
+# A campaign's name is a label for people: longer ones are refused, not cut.
+MAX_NAME_CHARS = 200
+# The most characters one SMS segment carries (GSM-7, a single part): a text longer than this
+# many per allowed segment cannot fit, whatever its encoding.
+SEGMENT_MAX_CHARS = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +206,17 @@ class Planner:
         _require_utf8("source", source)
         if options.name is not None:
             _require_utf8("campaign name", options.name)
+            if len(options.name) > MAX_NAME_CHARS:
+                raise InputError(
+                    f"the campaign name is {len(options.name):,} characters long; at most "
+                    f"{MAX_NAME_CHARS}"
+                )
+        most = settings.max_segments * SEGMENT_MAX_CHARS
+        if len(text) > most and Template.parse(text).literal_chars > most:
+            raise InputError(
+                f"the message text is {len(text):,} characters long; {settings.max_segments} "
+                f"SMS segments (SMSQ_MAX_SEGMENTS) hold at most {most:,}"
+            )
         try:
             source = normalize(source)
         except InvalidNumber as exc:

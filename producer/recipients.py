@@ -14,10 +14,14 @@ from pathlib import Path
 from ledger.errors import InputError
 from producer.numbers import (
     FIELD_SEPARATOR,
+    MAX_FIELDS,
+    MAX_VALUE_CHARS,
     InvalidNumber,
     NumbersCollector,
     NumbersResult,
     normalize,
+    too_long_value,
+    too_many_fields,
 )
 
 # Header names (case-insensitive) that mark the column holding the numbers, in the order the
@@ -72,6 +76,8 @@ def _read(text: io.TextIOWrapper, label: str) -> NumbersResult:
         # The other columns are the recipients' fields, for a templated text.
         header = next(csv.reader([first], delimiter=delimiter))
         fields = tuple(cell.strip() for i, cell in enumerate(header) if i != index)
+        if len(fields) > MAX_FIELDS:
+            raise RecipientsFileError(f"{label}: {too_many_fields(len(fields), 'its columns')}")
         collector = NumbersCollector(fields)
         _read_rows(text, first_line, delimiter, index, column_name, collector)
         if collector.lines == 0:
@@ -142,6 +148,13 @@ def _read_rows(
                 if len(row) < count:
                     row += [""] * (count - len(row))
                 values = FIELD_SEPARATOR.join(row)
+                if len(values) > MAX_VALUE_CHARS:
+                    # Only a long row can hold a long value: the check costs nothing else.
+                    long = next((i for i, c in enumerate(row) if len(c) > MAX_VALUE_CHARS), -1)
+                    if long >= 0:
+                        name = fields[long] if long < count else f"column {long + 1}"
+                        collector.reject(start, number, too_long_value(name, len(row[long])))
+                        continue
                 if values.count(FIELD_SEPARATOR) != len(row) - 1:
                     values = FIELD_SEPARATOR.join(c.replace(FIELD_SEPARATOR, " ") for c in row)
                 add(start, number, values)

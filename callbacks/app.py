@@ -27,7 +27,7 @@ from callbacks.document import InvalidCallback, parse
 from callbacks.metrics import CALLBACKS, Cached, exposition, observe_callback_lag, redis_figures
 from ledger.settings import Settings
 from ledger.store import Ledger
-from web import BodyTooLarge, read_limited
+from web import BodyTooLarge, ClientGone, read_limited, server_options
 
 log = structlog.stdlib.get_logger("smsq.callbacks")
 
@@ -51,11 +51,11 @@ class _MetricsServer(uvicorn.Server):
 
 
 @asynccontextmanager
-async def _serving(app: Starlette, listener: socket.socket) -> AsyncIterator[None]:
+async def _serving(
+    app: Starlette, listener: socket.socket, settings: Settings
+) -> AsyncIterator[None]:
     """Serve app on the listening socket until the block ends."""
-    config = uvicorn.Config(
-        app, lifespan="off", access_log=False, log_config=None, server_header=False
-    )
+    config = uvicorn.Config(app, lifespan="off", **server_options(settings))
     server = _MetricsServer(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started and not task.done():
@@ -102,7 +102,7 @@ def create_app(
         )
         async with AsyncExitStack() as stack:
             if metrics_listener is not None:
-                await stack.enter_async_context(_serving(metrics_app, metrics_listener))
+                await stack.enter_async_context(_serving(metrics_app, metrics_listener, settings))
             yield
         if redis is None:
             await client.aclose()
@@ -120,6 +120,9 @@ def create_app(
             return _error(415, "Unsupported Media Type", f"use {' or '.join(MEDIA_TYPES)}")
         try:
             update = parse(await read_limited(request, MAX_BODY_BYTES))
+        except ClientGone:
+            # Nobody is there to read an answer (read_limited logged it); DIDWW retries.
+            return _error(400, "Bad Request", "the body did not arrive whole")
         except BodyTooLarge:
             log.warning("callback_too_large")
             CALLBACKS.labels("invalid", "too_large").inc()

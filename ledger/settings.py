@@ -41,6 +41,9 @@ DEFAULT_RETENTION_S = 7 * 24 * 3600
 # The trunk that the single-trunk settings (SMSQ_DIDWW_*, SMSQ_RATE_LIMIT) describe.
 DEFAULT_TRUNK = "default"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+# The shortest API, callback or metrics token an HTTP service accepts: 16 random characters
+# are far beyond guessing, where a short word is not.
+MIN_TOKEN_CHARS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,11 @@ class Settings(BaseSettings):
     callbacks_metrics_port: int = Field(0, ge=0, le=65535)
     # Bearer token the callbacks service's /metrics asks for (empty: it asks for none).
     metrics_token: SecretStr = SecretStr("")
+    # The HTTP services close a connection whose request's headers and body have not all come
+    # within this many seconds, so slow clients cannot hold connections; and answer 503 past
+    # this many connections (and requests being handled) at once.
+    http_read_timeout_s: float = Field(10.0, gt=0, le=600)
+    http_max_connections: int = Field(1000, ge=1, le=100_000)
 
     _trunks: dict[str, TrunkConfig] | None = None
 
@@ -222,6 +230,28 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             if not value:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} is not set")
+
+    def check_tokens(self) -> None:
+        """Stop with a ConfigError naming the first API, callback or metrics token that is set
+        but shorter than MIN_TOKEN_CHARS (an HTTP service checks them at start)."""
+        tokens = [
+            ("SMSQ_API_TOKEN", self.api_token),
+            ("SMSQ_METRICS_TOKEN", self.metrics_token),
+        ]
+        for trunk in self.trunks().values():
+            variable = (
+                "SMSQ_CALLBACK_TOKEN"
+                if trunk.name == DEFAULT_TRUNK
+                else f"{ENV_PREFIX}TRUNK_{trunk.name.upper().replace('-', '_')}_CALLBACK_TOKEN"
+            )
+            tokens.append((variable, trunk.callback_token))
+        for variable, token in tokens:
+            value = token.get_secret_value()
+            if value and len(value) < MIN_TOKEN_CHARS:
+                raise ConfigError(
+                    f"{variable}: at least {MIN_TOKEN_CHARS} characters, not {len(value)} "
+                    "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+                )
 
     def secrets(self) -> list[str]:
         """The secret values, so log and error output can be scrubbed of them."""

@@ -38,7 +38,7 @@ from producer import dashboard_data as data
 from producer import http_control as control
 from producer import report as reports
 from producer.http_common import Api, ApiError, Handler, answer, campaign_id, log, stream
-from web import BodyTooLarge, read_limited
+from web import BodyTooLarge, ClientGone, read_limited
 
 SESSION_COOKIE = "smsq_session"
 LOGIN_COOKIE = "smsq_login"
@@ -170,7 +170,7 @@ async def _form(request: Request) -> dict[str, str]:
         return {}
     try:
         body = await read_limited(request, MAX_FORM_BYTES)
-    except BodyTooLarge:
+    except (BodyTooLarge, ClientGone):
         return {}
     fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {name: values[0] for name, values in fields.items()}

@@ -24,7 +24,7 @@ from producer import report as reports
 from producer.enqueue import Producer
 from producer.numbers import Rejection
 from producer.plan import MAX_REPORTED_REJECTIONS
-from web import BodyTooLarge, read_limited
+from web import BodyTooLarge, ClientGone, read_limited
 
 log = structlog.stdlib.get_logger("smsq.api")
 
@@ -91,6 +91,9 @@ async def read_json(request: Request) -> dict[str, Any]:
         body = await read_limited(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes") from None
+    except ClientGone:
+        # Nobody is there to read it: any answer does (read_limited logged it).
+        raise ApiError(400, "the body did not arrive whole") from None
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:

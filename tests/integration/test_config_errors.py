@@ -34,6 +34,11 @@ def callbacks() -> list[str]:
     return [sys.executable, "-m", "callbacks", "--host", "127.0.0.1", "--port", str(free_port())]
 
 
+def api() -> list[str]:
+    port = str(free_port())
+    return [sys.executable, "-m", "producer.http", "--host", "127.0.0.1", "--port", port]
+
+
 @dataclass
 class Case:
     name: str
@@ -110,6 +115,19 @@ def test_configuration_errors_stop_each_component_with_one_line(tmp_path: Path):
         Case("callbacks-token", callbacks(), "SMSQ_CALLBACK_TOKEN", {"SMSQ_CALLBACK_TOKEN": None}),
         Case("callbacks-rate", callbacks(), "SMSQ_RATE_LIMIT", {"SMSQ_RATE_LIMIT": "0"}),
         Case("callbacks-dotenv", callbacks(), "SMSQ_RATE_LIMIT", dotenv="SMSQ_RATE_LIMIT=0\n"),
+        Case(
+            "callbacks-short-token",
+            callbacks(),
+            "SMSQ_CALLBACK_TOKEN",
+            {"SMSQ_CALLBACK_TOKEN": "short-token"},
+        ),
+        Case(
+            "callbacks-short-metrics-token",
+            callbacks(),
+            "SMSQ_METRICS_TOKEN",
+            {"SMSQ_METRICS_TOKEN": "metrics"},
+        ),
+        Case("api-short-token", api(), "SMSQ_API_TOKEN", {"SMSQ_API_TOKEN": "api-token"}),
         Case("send-url", SEND, "SMSQ_REDIS_URL", {"SMSQ_REDIS_URL": malformed_urls[2]}),
         Case("send-rate", SEND, "SMSQ_RATE_LIMIT", {"SMSQ_RATE_LIMIT": "0"}),
         Case("send-rate-text", SEND, "SMSQ_RATE_LIMIT", {"SMSQ_RATE_LIMIT": "fast"}),

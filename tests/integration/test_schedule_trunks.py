@@ -191,13 +191,13 @@ def test_two_trunks_keep_their_own_credentials_rates_and_halts(make_stack, tmp_p
         "SMSQ_TRUNK_EU_USERNAME": "eu-user",
         "SMSQ_TRUNK_EU_PASSWORD": "eu-password",
         "SMSQ_TRUNK_EU_RATE_LIMIT": "20",
-        "SMSQ_TRUNK_EU_CALLBACK_TOKEN": "eu-token",
+        "SMSQ_TRUNK_EU_CALLBACK_TOKEN": "eu-callback-token-0001",
         "SMSQ_TRUNK_EU_SOURCES": "37041999999",
     }
     stack = make_stack(rate_per_s=60, SMSQ_PROBE_INTERVAL_S="3600", **eu)
     stack.start_callbacks()
     stack.start_simulator("--callback-delay-ms", "20")
-    eu_url = _second_simulator(stack, "eu-user", "eu-password", "eu-token")
+    eu_url = _second_simulator(stack, "eu-user", "eu-password", "eu-callback-token-0001")
     stack.settings_env["SMSQ_TRUNK_EU_URL"] = eu_url
     stack.start_worker("one", concurrency=2)
     home = set(write_numbers(tmp_path / "a.csv", 240))

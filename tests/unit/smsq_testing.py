@@ -16,7 +16,7 @@ from ledger.states import CampaignState, State
 from ledger.store import Ledger
 
 PASSWORD = "pw-SECRET"
-TOKEN = "tok-SECRET"
+TOKEN = "tok-SECRET-callbacks-0123"
 SOURCE = "37041123456"
 TEXT = "Hello World!"
 # The worker process a unit test claims messages as.

@@ -27,7 +27,7 @@ from ledger.store import Ledger, Status
 from producer import cli_data, control
 from producer.cli_common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail, run
 from producer.cli_common import settings as load
-from producer.enqueue import EnqueueResult, Producer, parse_send_at
+from producer.enqueue import EnqueueResult, NotStored, Producer, StoredNotQueued, parse_send_at
 from producer.numbers import NumbersResult, Rejection, normalize_many
 from producer.plan import Plan
 from producer.recipients import RecipientsFileError, read_recipients
@@ -123,6 +123,16 @@ def send(
         fail(str(exc))
     except KeyboardInterrupt:
         _interrupted(producer.campaign_id, key, idempotency_key is None)
+    except StoredNotQueued as exc:
+        # Accepted: the workers finish it. Said on stderr, with the command that finishes it
+        # now; the exit code is 0, so a script does not send it again as a second campaign.
+        result = exc.result
+        click.echo(
+            f"smsq: {exc}, or at once with:\n  {_same_command(key, idempotency_key is None)}",
+            err=True,
+        )
+    except NotStored as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
     except redis.RedisError as exc:
         fail(f"cannot reach Redis at SMSQ_REDIS_URL: {exc}", EXIT_UNAVAILABLE)
     except SmsqError as exc:
@@ -159,15 +169,21 @@ def _interrupted(cid: str | None, key: str, generated: bool) -> NoReturn:
     """Ctrl-C mid-enqueue: say which campaign it was and how to complete it."""
     if cid is None:
         fail("interrupted before anything was written", EXIT_INTERRUPTED)
+    fail(
+        f"interrupted: campaign {cid} may be partly enqueued; run the same command with its "
+        f"idempotency key to complete it (nothing is queued twice):\n  "
+        f"{_same_command(key, generated)}",
+        EXIT_INTERRUPTED,
+    )
+
+
+def _same_command(key: str, generated: bool) -> str:
+    """This command as typed, with the idempotency key it used if it made one up."""
     command = [shlex.quote(a) for a in sys.argv]
     command[0] = "smsq"
     if generated:
         command += ["--idempotency-key", shlex.quote(key)]
-    fail(
-        f"interrupted: campaign {cid} may be partly enqueued; run the same command with its "
-        f"idempotency key to complete it (nothing is queued twice):\n  {' '.join(command)}",
-        EXIT_INTERRUPTED,
-    )
+    return " ".join(command)
 
 
 def _print_preview(summary: dict[str, Any], as_json: bool) -> None:

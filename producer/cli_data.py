@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -13,17 +14,18 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
+import redis
 
 from ledger.campaigns import Campaign
-from ledger.errors import InputError
+from ledger.errors import InputError, SmsqError
 from ledger.states import ALL_STATES, State
 from ledger.store import Ledger
 from producer import control
 from producer import report as reports
 from producer import resend as resends
-from producer.cli_common import fail, run
+from producer.cli_common import EXIT_UNAVAILABLE, fail, run
 from producer.cli_common import settings as load
-from producer.enqueue import Producer, parse_send_at
+from producer.enqueue import NotStored, Producer, StoredNotQueued, parse_send_at
 from producer.numbers import InvalidNumber, normalize
 from producer.plan import check_schedule
 from producer.recipients import RecipientsFileError, read_recipients
@@ -99,17 +101,25 @@ def resend(
         return parent, await resends.recipients(ledger.redis, parent, keep)
 
     producer = Producer(settings)
+    # A key even when none was given, so a resend cut short can be completed by repeating it.
+    key = idempotency_key or secrets.token_urlsafe(16)
     try:
         parent, numbers = run(settings, work)
         result = producer.enqueue(
             parent.source,
             parent.text,
             numbers,
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
             **resends.options(parent),
         )
     except InputError as exc:
         fail(str(exc))
+    except StoredNotQueued as exc:
+        # Accepted: the workers finish it; exit 0 so a script does not resend it twice.
+        result = exc.result
+        click.echo(f"smsq: {exc}, or at once with --idempotency-key {key}", err=True)
+    except (NotStored, SmsqError, redis.RedisError) as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
     finally:
         producer.close()
     if as_json:

@@ -19,7 +19,6 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
 
 from dispatch import celery_config, send
 from ledger import campaigns, events, keys, optouts, records
@@ -40,7 +39,47 @@ PUBLISH_CHUNK_COMMANDS = 1000
 SUPPRESSED_EVENTS_PER_CALL = 500
 SUPPRESSED_CALLS_PER_ROUND_TRIP = 40
 
-__all__ = ["EnqueueResult", "Producer", "enqueue_campaign"]
+__all__ = ["EnqueueResult", "NotStored", "Producer", "StoredNotQueued", "enqueue_campaign"]
+# Redis answers the producer cannot get past while it writes (a full Redis refuses writes).
+WRITE_ERRORS = (redis.RedisError, OSError)
+# How long the producer keeps asking Redis whether a transaction it lost the answer to was
+# applied, before it says it cannot tell.
+EXEC_CHECK_S = 3.0
+
+
+class NotStored(SmsqError):
+    """Redis failed before the campaign was stored: what was written of it is deleted again,
+    so nothing is left and repeating the request is safe. `maybe_stored` when Redis could not
+    even be asked whether the last step went through: check `campaign_id` before repeating
+    without the idempotency key."""
+
+    def __init__(self, detail: str, campaign_id: str, *, maybe_stored: bool = False) -> None:
+        if maybe_stored:
+            message = (
+                f"Redis failed while campaign {campaign_id} was being stored ({detail}); it may "
+                "have been stored: check it before repeating, or repeat with the same "
+                "idempotency key"
+            )
+        else:
+            message = f"Redis failed before the campaign was stored ({detail}); nothing was kept"
+        super().__init__(message)
+        self.campaign_id = campaign_id
+        self.maybe_stored = maybe_stored
+
+
+class StoredNotQueued(SmsqError):
+    """The campaign is stored whole but not all its batches are queued (Redis or the broker
+    failed after): the workers' supervisors queue the rest within ENQUEUE_STALL_S, and a
+    repeat with the same idempotency key does it at once. Never repeat it without the key:
+    that would be a second campaign."""
+
+    def __init__(self, result: EnqueueResult, detail: str) -> None:
+        super().__init__(
+            f"campaign {result.campaign_id} is stored but not all its batches are queued "
+            f"({detail}); the workers queue the rest within {ENQUEUE_STALL_S:.0f} s"
+        )
+        self.campaign_id = result.campaign_id
+        self.result = result
 
 
 @dataclass
@@ -166,6 +205,9 @@ class Producer:
         idempotency_key: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> EnqueueResult:
+        """Store and queue a planned campaign. Raises NotStored when Redis fails before the
+        campaign is stored (nothing is left), StoredNotQueued when anything fails after (the
+        workers finish it)."""
         repeat = False
         if idempotency_key:
             found = self._claim_key(idempotency_key, _digest(plan))
@@ -178,30 +220,87 @@ class Producer:
         self.campaign_id = cid
         layout = Layout.of(plan, self.settings.batch_size)
         member = keys.enqueue_member(cid, len(layout.batches))
-        self.redis.zadd(keys.enqueuing(), {member: time.time()})
-        self._write_batches(cid, plan, layout, repeat, progress)
-        stored = self._write_campaign(cid, plan, layout)
+        stored = self._store(cid, plan, layout, repeat, progress, idempotency_key)
         try:
             if stored:
                 self._publish_suppressed(cid, plan, layout)
             self._publish(cid, plan, layout)
-        except (redis.RedisError, OSError, OperationalError) as exc:
-            # Stored whole: the workers' supervisors queue what is left (ledger/enqueuing.py).
-            raise SmsqError(
-                f"campaign {cid} is stored but its batches are not all queued ({exc}); the "
-                f"workers queue the rest within {ENQUEUE_STALL_S:.0f} s"
-            ) from None
-        self.redis.zrem(keys.enqueuing(), member)
-        result = _result(cid, plan)
-        if idempotency_key:
-            self._finish_key(idempotency_key, cid, _digest(plan))
-        return result
+            self.redis.zrem(keys.enqueuing(), member)
+            if idempotency_key:
+                self._finish_key(idempotency_key, cid, _digest(plan))
+        except Exception as exc:
+            # Stored whole, whatever failed after (Redis, the broker, kombu's batch publish):
+            # the workers' supervisors queue what is left (ledger/enqueuing.py).
+            raise StoredNotQueued(_result(cid, plan), _describe(exc)) from exc
+        return _result(cid, plan)
+
+    def _store(
+        self,
+        cid: str,
+        plan: Plan,
+        layout: Layout,
+        repeat: bool,
+        progress: Callable[[int], None] | None,
+        idempotency_key: str | None,
+    ) -> bool:
+        """Mark the enqueue, write the batches, then the campaign (True if this call stored
+        it). A Redis error before the campaign is stored deletes what was written (NotStored);
+        one whose transaction may or may not have been applied is checked first."""
+        member = keys.enqueue_member(cid, len(layout.batches))
+        try:
+            self.redis.zadd(keys.enqueuing(), {member: time.time()})
+            self._write_batches(cid, plan, layout, repeat, progress)
+        except WRITE_ERRORS as exc:
+            self._discard(cid, layout, idempotency_key)
+            raise NotStored(_describe(exc), cid) from exc
+        try:
+            return self._write_campaign(cid, plan, layout)
+        except redis.ResponseError as exc:
+            # Refused (a full Redis): the transaction was not applied.
+            self._discard(cid, layout, idempotency_key)
+            raise NotStored(_describe(exc), cid) from exc
+        except WRITE_ERRORS as exc:
+            # The connection broke around EXEC: ask whether the campaign is there.
+            found = self._campaign_exists(cid)
+            if found:
+                return True
+            if found is None:
+                raise NotStored(_describe(exc), cid, maybe_stored=True) from exc
+            self._discard(cid, layout, idempotency_key)
+            raise NotStored(_describe(exc), cid) from exc
+
+    def _campaign_exists(self, cid: str) -> bool | None:
+        """Whether the campaign's hash is in Redis; None if Redis cannot say within
+        EXEC_CHECK_S."""
+        deadline = time.monotonic() + EXEC_CHECK_S
+        while True:
+            try:
+                return bool(self.redis.exists(keys.campaign(cid)))
+            except WRITE_ERRORS:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.2)
+
+    def _discard(self, cid: str, layout: Layout, idempotency_key: str | None) -> None:
+        """Delete what an enqueue that did not store its campaign wrote: its batches, their
+        template values, its mark and its idempotency key. Deleting works on a full Redis; if
+        Redis is gone, the supervisors delete them once the key can no longer be used."""
+        names = [keys.batch(cid, b) for b, _, _ in layout.batches]
+        names += [keys.fields(cid, b) for b, _, _ in layout.batches]
+        try:
+            for start in range(0, len(names), 1000):
+                self.redis.unlink(*names[start : start + 1000])
+            if idempotency_key:
+                self.redis.delete(keys.idempotency(_key_hash(idempotency_key)))
+            self.redis.zrem(keys.enqueuing(), keys.enqueue_member(cid, len(layout.batches)))
+        except WRITE_ERRORS:
+            pass
 
     # --- idempotency ------------------------------------------------------------------
 
     def _claim_key(self, key: str, digest: str) -> dict[str, Any]:
         """Take the key for a new campaign, or find the campaign it already names."""
-        name = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
+        name = keys.idempotency(_key_hash(key))
         fresh = {"cid": secrets.token_hex(8), "digest": digest, "done": False}
         if self.redis.set(name, json.dumps(fresh), nx=True, ex=IDEMPOTENCY_TTL_S):
             return fresh
@@ -220,7 +319,7 @@ class Producer:
         return found
 
     def _finish_key(self, key: str, cid: str, digest: str) -> None:
-        name = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
+        name = keys.idempotency(_key_hash(key))
         done = {"cid": cid, "digest": digest, "done": True}
         self.redis.set(name, json.dumps(done), keepttl=True)
 
@@ -359,6 +458,17 @@ class Producer:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def _key_hash(key: str) -> str:
+    """How an idempotency key is named in Redis: its SHA-256."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _describe(exc: BaseException) -> str:
+    """An error in one line, for a message: its class and its text."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _campaign(cid: str, plan: Plan, layout: Layout) -> Campaign:

@@ -9,16 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ledger.enqueuing import ENQUEUE_STALL_S
-from ledger.errors import ConfigError, InputError, SmsqError
+from ledger.errors import InputError
 from producer import report as reports
 from producer import resend as resends
-from producer.enqueue import EnqueueResult, Producer, parse_send_at
+from producer.enqueue import EnqueueResult, NotStored, Producer, StoredNotQueued, parse_send_at
 from producer.http_common import (
     Api,
     ApiError,
@@ -181,24 +180,17 @@ def enqueue(
         raise ApiError(
             422, str(exc), rejected=indexed(rejected), rejected_count=len(rejected)
         ) from None
-    except (SmsqError, OperationalError) as exc:
-        cid = producer.campaign_id
-        # Only publishing, after the campaign is stored whole, fails this way with an id
-        # noted (kombu's OperationalError is not among what write() turns into SmsqError).
-        if cid is None or isinstance(exc, ConfigError):
-            raise
-        log.error("api_enqueue_incomplete", campaign_id=cid, error=str(exc))
+    except NotStored as exc:
+        # Nothing is left (or, said in the message, Redis could not tell): a retry is safe.
+        log.error("api_enqueue_not_stored", error=str(exc), maybe_stored=exc.maybe_stored)
+        extra = {"campaign_id": exc.campaign_id} if exc.maybe_stored else {}
+        raise ApiError(503, str(exc), **extra) from None
+    except StoredNotQueued as exc:
+        log.error("api_enqueue_incomplete", campaign_id=exc.campaign_id, error=str(exc))
         return Outcome(
             202,
             {
-                "campaign_id": cid,
-                "queued": plan.messages,
-                "rejected": indexed(plan.rejections),
-                "rejected_count": len(plan.rejections),
-                "duplicates": plan.numbers.duplicates,
-                "suppressed": len(plan.suppressed),
-                "priority": plan.priority,
-                "send_at": plan.send_at or None,
+                **created_body(exc.result),
                 "note": "the campaign is stored but not all its batches are queued yet; the "
                 f"workers queue the rest within {ENQUEUE_STALL_S:.0f} s",
             },

@@ -11,7 +11,7 @@ from typing import Any
 import fakeredis
 import httpx
 import pytest
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 from smsq_testing import SOURCE, stored, write_campaign
 from test_http_api import (
     ABSENT,
@@ -328,7 +328,13 @@ def test_a_key_of_200_printable_characters_is_accepted(server) -> None:
 
 
 @pytest.mark.parametrize(
-    "error", [ConnectionError("broker unreachable"), OperationalError("broker unreachable")]
+    "error",
+    [
+        ConnectionError("broker unreachable"),
+        OperationalError("broker unreachable"),
+        # What kombu's batched publish raises when Redis refuses some of a batch (full).
+        BatchPublishError("OOM command not allowed when used memory > 'maxmemory'"),
+    ],
 )
 def test_publishing_failed_after_storing_is_202_and_the_same_key_completes_it(
     server, sync_redis, error: Exception

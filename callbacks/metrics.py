@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -175,6 +175,22 @@ async def _redis_memory(redis: Redis) -> tuple[int, int] | None:
     return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
 
+async def _redis_hygiene(redis: Redis) -> dict[str, int] | None:
+    """What says Redis keeps the ledger safe: AOF on and writing, keys never evicted; None
+    where INFO is refused."""
+    try:
+        persistence = await redis.info("persistence")
+        stats = await redis.info("stats")
+    except ResponseError:
+        return None
+    return {
+        "aof_enabled": int(persistence.get("aof_enabled", 0)),
+        "aof_last_write_ok": int(str(persistence.get("aof_last_write_status", "ok")) == "ok"),
+        "aof_rewrite_ok": int(str(persistence.get("aof_last_bgrewrite_status", "ok")) == "ok"),
+        "evicted_keys": int(stats.get("evicted_keys", 0)),
+    }
+
+
 async def redis_figures(ledger: Ledger) -> dict[str, Any]:
     """Everything the scrape reports from Redis, in few round trips."""
     redis: Redis = ledger.redis
@@ -222,6 +238,7 @@ async def redis_figures(ledger: Ledger) -> dict[str, Any]:
         "halted": {name: t.halted is not None for name, t in trunks.items()},
         "backing_off": {name: t.backoff is not None for name, t in trunks.items()},
         "redis_memory": await _redis_memory(redis),
+        "redis_hygiene": await _redis_hygiene(redis),
     }
 
 
@@ -290,6 +307,24 @@ class _Figures(Collector):
                 "smsq_redis_maxmemory_bytes",
                 "Redis's maxmemory (0: no limit); past it, with noeviction, writes fail",
                 value=limit,
+            )
+        hygiene = f.get("redis_hygiene")
+        if hygiene is not None:
+            yield GaugeMetricFamily(
+                "smsq_redis_aof_enabled",
+                "1 while Redis writes its append-only file (appendonly yes); 0: a restart "
+                "loses the ledger",
+                value=hygiene["aof_enabled"],
+            )
+            yield GaugeMetricFamily(
+                "smsq_redis_aof_write_ok",
+                "1 while Redis's last append-only file write and rewrite succeeded",
+                value=int(hygiene["aof_last_write_ok"] and hygiene["aof_rewrite_ok"]),
+            )
+            yield CounterMetricFamily(
+                "smsq_redis_evicted_keys",
+                "Keys Redis has evicted since it started (INFO evicted_keys): ledger data lost",
+                value=hygiene["evicted_keys"],
             )
 
     def _overdue(self) -> Iterator[Metric]:

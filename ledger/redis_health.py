@@ -24,7 +24,15 @@ def unsafe(
     evicted = int(stats.get("evicted_keys", 0))
     if evicted:
         found.append(f"Redis has evicted {evicted} keys")
+    if int(persistence.get("aof_enabled", 0)) and (
+        str(persistence.get("aof_last_write_status", "ok")) != "ok"
+    ):
+        found.append("Redis cannot write its append-only file (aof_last_write_status: err)")
     maxmemory = int(memory.get("maxmemory", 0))
-    if maxmemory and int(memory.get("used_memory", 0)) > MEMORY_WARN_SHARE * maxmemory:
+    if not maxmemory:
+        found.append(
+            "Redis has no maxmemory: a full host would kill it, not refuse writes (maxmemory)"
+        )
+    elif int(memory.get("used_memory", 0)) > MEMORY_WARN_SHARE * maxmemory:
         found.append("Redis memory is over 90% of maxmemory: writes will soon be refused")
     return tuple(found)

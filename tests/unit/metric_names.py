@@ -43,6 +43,12 @@ def _callbacks_page() -> set[str]:
         finally:
             await redis.aclose()
         found["redis_memory"] = (1, 2)
+        found["redis_hygiene"] = {
+            "aof_enabled": 1,
+            "aof_last_write_ok": 1,
+            "aof_rewrite_ok": 1,
+            "evicted_keys": 0,
+        }
         found["overdue"] = [("default", "0123456789abcdef", 1.0)]
         return exposition(found)
 

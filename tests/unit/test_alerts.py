@@ -94,6 +94,10 @@ def test_the_issue_s_alerts_are_all_there() -> None:
         "smsq_redis_used_memory_bytes",
         "smsq_redis_maxmemory_bytes",
     }
+    assert reads["SmsqRedisEvictingKeys"] == {"smsq_redis_evicted_keys_total"}
+    assert reads["SmsqRedisAofOff"] == {"smsq_redis_aof_enabled"}
+    assert reads["SmsqRedisAofFailing"] == {"smsq_redis_aof_write_ok"}
+    assert reads["SmsqRedisMaxmemoryUnset"] == {"smsq_redis_maxmemory_bytes"}
 
 
 def test_alerts_read_only_series_that_exist() -> None:

@@ -20,6 +20,7 @@ from callbacks.metrics import OVERDUE_SHOWN, REGISTRY, observe_callback_lag, red
 from ledger import keys
 from ledger.campaigns import Campaign
 from ledger.rate import RateParams
+from ledger.redis_health import unsafe
 from ledger.settings import Settings
 from ledger.states import CampaignState, State
 from ledger.store import Ledger
@@ -308,3 +309,40 @@ def test_lag_is_measured_from_time_end() -> None:
     observe_callback_lag("lag-test", "2030-01-01T00:00:00Z", now=1_893_456_000.0 + 42)
     count, total = lag("lag-test")
     assert (count - before[0], total - before[1]) == (1, 42)
+
+
+def test_redis_hygiene_is_read_from_info(redis_server: Any, real_redis: Any) -> None:
+    async def read() -> dict[str, Any]:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(redis_server.url)
+        try:
+            return await redis_figures(Ledger(redis, make_settings()))
+        finally:
+            await redis.aclose()
+
+    hygiene = asyncio.run(read())["redis_hygiene"]
+    # The unit tests' Redis runs without AOF (ops/stack.py), and has evicted nothing.
+    assert hygiene == {
+        "aof_enabled": 0, "aof_last_write_ok": 1, "aof_rewrite_ok": 1, "evicted_keys": 0,
+    }  # fmt: skip
+
+
+def test_what_makes_a_redis_unsafe_is_each_said() -> None:
+    safe = unsafe(
+        {"aof_enabled": 1, "aof_last_write_status": "ok"},
+        {"maxmemory_policy": "noeviction", "maxmemory": 100, "used_memory": 10},
+        {"evicted_keys": 0},
+    )
+    assert safe == ()
+    found = unsafe(
+        {"aof_enabled": 1, "aof_last_write_status": "err"},
+        {"maxmemory_policy": "allkeys-lru", "maxmemory": 0, "used_memory": 10},
+        {"evicted_keys": 3},
+    )
+    assert found == (
+        "Redis evicts keys under memory pressure (maxmemory-policy allkeys-lru)",
+        "Redis has evicted 3 keys",
+        "Redis cannot write its append-only file (aof_last_write_status: err)",
+        "Redis has no maxmemory: a full host would kill it, not refuse writes (maxmemory)",
+    )

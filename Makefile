@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.lock
 	@ops/bootstrap.sh "$(PYTHON)" "$(VENV)"
 	@touch $(STAMP)
 
@@ -29,6 +29,10 @@ bench: $(STAMP)
 	@ops/require-redis.sh
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	@$(BIN)/python -m ops.bench $(ARGS)
+
+# Pin every dependency with its hashes again after pyproject.toml's lists change.
+lock: $(STAMP)
+	@$(BIN)/python -m ops.lock
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

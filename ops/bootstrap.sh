@@ -20,7 +20,11 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 echo "installing smsq and its development tools into $venv ..." >&2
-if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'; then
+# The exact versions the tests ran with, checked against their hashes (make lock writes the
+# lock from pyproject.toml); then smsq itself, editable, adding nothing else.
+if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+        -r requirements-dev.lock \
+    || ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .; then
     echo "smsq: pip could not install the dependencies (is the package index reachable?)" >&2
     exit 2
 fi

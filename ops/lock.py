@@ -18,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCKS = {"requirements.lock": (), "requirements-dev.lock": ("dev",)}
+# Packages pinned whatever Python makes the lock (see the file).
+COMPAT = "ops/lock-compat.in"
 DIGEST_LINE = "# pyproject dependencies sha256: "
 # pip's variables that point it at other sources than PyPI (this machine sets some).
 LOCAL_SOURCES = {
@@ -49,7 +51,7 @@ def main() -> int:
             sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
             "--allow-unsafe", "--strip-extras", "--index-url", "https://pypi.org/simple",
             "--no-emit-index-url", "--no-emit-find-links",
-            "--output-file", name, *(f"--extra={e}" for e in extras), "pyproject.toml",
+            "--output-file", name, *(f"--extra={e}" for e in extras), "pyproject.toml", COMPAT,
         ]  # fmt: skip
         done = subprocess.run(argv, cwd=ROOT, env=env, check=False)
         if done.returncode != 0:

@@ -133,13 +133,17 @@ def create_app(
             return _error(400, "Bad Request", str(exc))
         status = update.event["status"]
         try:
-            outcome = await request.app.state.ledger.apply_callback(update)
+            outcome = await request.app.state.ledger.apply_callback(update, trunk)
         except RedisError as exc:
             # DIDWW retries a failed callback; 503 says try again, nothing is lost.
             log.error("callback_store_failed", error=str(exc), didww_id=update.didww_id)
             CALLBACKS.labels(status, "unavailable").inc()
             return _error(503, "Service Unavailable", "could not store the callback")
         CALLBACKS.labels(status, outcome).inc()
+        if outcome == "forbidden":
+            # A token settles only its own trunk's messages: this id is another trunk's.
+            log.warning("callback_forbidden", didww_id=update.didww_id, trunk=trunk)
+            return _error(403, "Forbidden", "this message was not sent through this token's trunk")
         observe_callback_lag(trunk, update.event.get("time_end"))
         log.info(
             "callback_handled",

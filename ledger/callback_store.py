@@ -54,10 +54,11 @@ class CallbackUpdate:
 class CallbackStore(LedgerCore):
     """Part of ledger.store.Ledger."""
 
-    async def apply_callback(self, update: CallbackUpdate) -> str:
-        """Apply a callback; returns applied, late (it settled an unconfirmed or unknown
-        message), orphan (kept: for its 201, or to be matched by settle_orphans), duplicate
-        or missing."""
+    async def apply_callback(self, update: CallbackUpdate, trunk: str = "") -> str:
+        """Apply a callback that came with `trunk`'s token ('' for any trunk); returns
+        applied, late (it settled an unconfirmed or unknown message), orphan (kept: for its
+        201, or to be matched by settle_orphans, both only to a message of that trunk),
+        duplicate, forbidden (the message is another trunk's) or missing."""
         event = update.event
         key, _ = records.id_key(update.didww_id)
         code_id = event.get("code_id")
@@ -73,6 +74,7 @@ class CallbackStore(LedgerCore):
             "t1": stored_start,
             "dt": update.duration_s if stored_start else 0,
             "key_hex": key.hex(),
+            "trunk": trunk,
             "event": event,
         }
         reply = await self.scripts["callback"](
@@ -93,6 +95,7 @@ class CallbackStore(LedgerCore):
                 "" if fragments is None else min(int(fragments), records.BYTE_MAX),
                 update.duration_s if stored_start else 0,
                 event.get("status") or "",
+                trunk,
             ],
         )
         first = reply[0]

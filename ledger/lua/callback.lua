@@ -10,8 +10,10 @@
 -- ARGV[10] id key (16 bytes)   ARGV[11] code_id + 1 (0 for none)   ARGV[12] fragments sent
 -- ('' when DIDWW did not say: the record keeps its estimate)
 -- ARGV[13] seconds from time_start to time_end   ARGV[14] DIDWW's status (Success, ...)
--- Returns {'applied', message id}, {'late', message id}, {'orphan'}, {'duplicate', state?}
--- or {'missing'}
+-- ARGV[15] the trunk whose callback token came with it ('' to settle any trunk's message)
+-- Returns {'applied', message id}, {'late', message id}, {'orphan'}, {'duplicate', state?},
+-- {'forbidden'} (the message is another trunk's: a token settles only its own trunk's) or
+-- {'missing'}
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
 local cid, index = index_find(ARGV[10])
@@ -30,8 +32,13 @@ if not cid then
   return {'orphan'}
 end
 
-local bsize = tonumber(redis.call('HGET', campaign_key(cid), 'batch_size') or '')
+local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'trunk')
+local bsize = tonumber(h[1] or '')
 if not bsize then return {'missing'} end
+if ARGV[15] ~= '' and (h[2] or 'default') ~= ARGV[15] then
+  redis.call('HINCRBY', KEYS[3], 'callbacks_forbidden', 1)
+  return {'forbidden'}
+end
 local b = math.floor(index / bsize)
 local m, off = rec_read(cid, b, index, bsize)
 if not m then return {'missing'} end

@@ -23,12 +23,13 @@ local now_s = tonumber(t[1])
 local stream, maxlen, orphan_ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local nforget = tonumber(ARGV[4])
 
-local sizes, sources = {}, {}
+local sizes, sources, trunks = {}, {}, {}
 local function campaign(cid)
   if sizes[cid] == nil then
-    local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source')
+    local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'trunk')
     sizes[cid] = tonumber(h[1]) or false
     sources[cid] = h[2]
+    trunks[cid] = h[3] or 'default'
   end
   return sizes[cid]
 end
@@ -60,10 +61,15 @@ for _ = 1, tonumber(ARGV[3]) do
       index_add(a, cid, index)
       publish(stream, maxlen, ev)
       ok = 1
-      -- A callback that beat its 201 here: settle the message with it now.
+      -- A callback that beat its 201 here: settle the message with it now, if it came with
+      -- this campaign's trunk's token (one kept under another trunk's token is left alone).
       local kept = redis.call('GET', orphan_key(bb))
-      if kept then
-        local o = cjson.decode(kept)
+      local o = kept and cjson.decode(kept)
+      if o and o['trunk'] and o['trunk'] ~= '' and o['trunk'] ~= trunks[cid] then
+        redis.call('HINCRBY', KEYS[3], 'callbacks_forbidden', 1)
+        o = nil
+      end
+      if o then
         local state = CODES[o['state']]
         m.state = state
         m.code = (o['code_id'] ~= nil and o['code_id'] ~= cjson.null) and math.min(o['code_id'] + 1, 65535) or 0

@@ -22,12 +22,16 @@ for _, id in ipairs(due) do
     local found = nil
     if redis.call('EXISTS', sending_by_pair(src, dst)) == 0 then
       local ukey = unknown_by_pair(src, dst)
+      -- A callback kept under a trunk's token matches only that trunk's messages.
+      local trunk = kept['trunk'] or ''
       found = nearest(ukey, tonumber(kept['t']), match_window, function(member)
         local cid, b, index = string.match(member, '^(.*)|(%d+)|(%d+)$')
-        local bsize = tonumber(redis.call('HGET', campaign_key(cid), 'batch_size') or '')
+        local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'trunk')
+        local bsize = tonumber(h[1] or '')
         if not bsize then return false end
         local m = rec_read(cid, tonumber(b), tonumber(index), bsize)
         return m ~= nil and m.state == UNKNOWN and num(m.dest) == dst
+          and (trunk == '' or trunk == (h[2] or 'default'))
       end)
       if found then
         local cid, b, index = string.match(found, '^(.*)|(%d+)|(%d+)$')

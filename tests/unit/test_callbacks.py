@@ -84,10 +84,12 @@ async def post(
     return await client.post("/callbacks", content=content, headers=headers, params=params)
 
 
-def new_campaign(server: fakeredis.FakeServer, destinations: list[str] | int = 1) -> str:
+def new_campaign(
+    server: fakeredis.FakeServer, destinations: list[str] | int = 1, trunk: str = "default"
+) -> str:
     sync = fakeredis.FakeRedis(server=server)
     try:
-        return write_campaign(sync, [DEST] if destinations == 1 else destinations)
+        return write_campaign(sync, [DEST] if destinations == 1 else destinations, trunk=trunk)
     finally:
         sync.close()
 
@@ -485,7 +487,7 @@ def test_a_time_start_the_record_cannot_hold_is_not_stored_as_another_date(
 
 @pytest.mark.parametrize("how", ["apply_callback raises", "server down"])
 def test_redis_failure_answers_503(server, monkeypatch, how: str) -> None:
-    async def broken(self: Ledger, update: Any) -> str:
+    async def broken(self: Ledger, update: Any, trunk: str = "") -> str:
         raise RedisConnectionError("redis down")
 
     if how == "apply_callback raises":
@@ -706,3 +708,57 @@ def test_generated_bodies_never_break_the_ingester(body: bytes, content_type: st
         assert (len(orphans) == 1) == (result == "orphan")
         if result == "applied":
             assert update.didww_id == DIDWW_ID
+
+
+# --- a token settles only its own trunk's messages
+
+EU_TOKEN = "eu-callbacks-token-0123"
+
+
+def two_trunks(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in {
+        "SMSQ_TRUNK_EU_USERNAME": "eu",
+        "SMSQ_TRUNK_EU_PASSWORD": "eu-password",
+        "SMSQ_TRUNK_EU_CALLBACK_TOKEN": EU_TOKEN,
+    }.items():
+        monkeypatch.setenv(name, value)
+    return make_settings(trunk_names="eu")
+
+
+def test_another_trunks_token_cannot_settle_a_message(server, sync_redis, monkeypatch) -> None:
+    cfg = two_trunks(monkeypatch)
+
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[Any, ...]:
+        cid = new_campaign(server, trunk="eu")
+        await accept(ledger, cid, DIDWW_ID)
+        refused = await post(client, valid_doc())  # the default trunk's token
+        after_refusal = await record_of(ledger, cid)
+        applied = await post(client, valid_doc(), token=EU_TOKEN)
+        return refused, after_refusal, applied, await record_of(ledger, cid)
+
+    refused, after_refusal, applied, record = run(server, steps, cfg)
+    assert refused.status_code == 403
+    assert refused.json()["errors"][0]["title"] == "Forbidden"
+    assert after_refusal.state == State.ACCEPTED
+    assert applied.status_code == 200 and applied.json() == {"result": "applied"}
+    assert record.state == State.SENT
+    assert stats(sync_redis)["callbacks_forbidden"] == 1
+
+
+def test_a_callback_kept_under_another_trunks_token_is_not_joined(
+    server, sync_redis, monkeypatch
+) -> None:
+    """A callback that came before its 201, with the wrong trunk's token, is kept but never
+    settles the message when its id is recorded."""
+    cfg = two_trunks(monkeypatch)
+
+    async def steps(client: httpx.AsyncClient, ledger: Ledger) -> tuple[Any, ...]:
+        kept = await post(client, valid_doc())  # the default trunk's token, an id not yet known
+        cid = new_campaign(server, trunk="eu")
+        await accept(ledger, cid, DIDWW_ID)
+        return kept, await record_of(ledger, cid)
+
+    kept, record = run(server, steps, cfg)
+    assert kept.json() == {"result": "orphan"}
+    assert record.state == State.ACCEPTED
+    assert stats(sync_redis)["callbacks_forbidden"] == 1

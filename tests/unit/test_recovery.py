@@ -165,6 +165,25 @@ def test_a_callback_for_another_destination_never_matches(
     assert states(real_redis, cid) == {0: "unknown"}
 
 
+def test_a_kept_callback_matches_only_an_unknown_message_of_its_tokens_trunk(
+    real_ledger, real_campaign, real_redis
+) -> None:
+    ours, theirs = real_campaign(1, trunk="default"), real_campaign(1, trunk="eu")
+    posted = int(redis_now(real_redis)) - 200
+
+    async def go(ledger):
+        for cid, when in ((ours, posted - 50), (theirs, posted)):
+            await claim(ledger, cid, [0], trunk=stored(real_redis, cid).trunk)
+            await ledger.record([unknown(cid, 0, when)])
+        # The eu trunk's message is nearer in time, but the callback came with default's token.
+        kept = await ledger.apply_callback(callback_at(did(1), posted + 1), "default")
+        return kept, await ledger.settle_orphans(0)
+
+    assert run(real_ledger, go) == ("orphan", 1)
+    assert states(real_redis, ours) == {0: "sent"}
+    assert states(real_redis, theirs) == {0: "unknown"}
+
+
 def test_race_a_kept_callback_is_not_matched_while_a_message_to_its_pair_is_sending(
     real_ledger, real_campaign, real_redis
 ) -> None:

@@ -118,9 +118,7 @@ def test_a_full_redis_during_an_enqueue_over_http(make_stack, request, tmp_path:
     _sent_once(stack, first + second)
 
 
-def test_a_full_redis_during_an_enqueue_from_the_cli(
-    make_stack, request, tmp_path: Path
-) -> None:
+def test_a_full_redis_during_an_enqueue_from_the_cli(make_stack, request, tmp_path: Path) -> None:
     stack = make_stack(rate_per_s=RATE_PER_S)
     client = stack.redis()
     request.addfinalizer(client.close)

@@ -338,7 +338,8 @@ def test_dockerfile_is_slim_non_root_and_ships_every_package() -> None:
     assert _image_packages() == {*pyproject["tool"]["setuptools"]["packages"], "ops"}
     assert re.search(r"^COPY .*\bREADME\.md\b", text, re.M), "pyproject's readme is needed"
     # The dependencies come from the lock alone (with hashes); smsq itself adds none.
-    assert re.search(r"pip install --no-cache-dir --require-hashes -r requirements\.lock$", text, re.M)
+    lock_install = r"pip install --no-cache-dir --require-hashes -r requirements\.lock$"
+    assert re.search(lock_install, text, re.M)
     assert re.search(r"pip install --no-cache-dir --no-deps \.$", text, re.M)
     assert not re.search(r"^(ENV|ARG)\b.*(PASSWORD|TOKEN|SECRET)", text, re.M | re.I)
 

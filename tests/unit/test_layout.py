@@ -112,8 +112,7 @@ def test_a_component_imports_the_shared_packages_never_another_component(compone
         for name, targets in GRAPH.items()
         if name.split(".")[0] == component
         for target in targets
-        if target.split(".")[0] in PACKAGES
-        and target.split(".")[0] not in (component, *SHARED)
+        if target.split(".")[0] in PACKAGES and target.split(".")[0] not in (component, *SHARED)
     )
     assert crossing == []
 

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from callbacks.document import InvalidCallback, parse
 from callbacks.metrics import CALLBACKS, Cached, exposition, observe_callback_lag, redis_figures
+from ledger import connection
 from ledger.settings import Settings
 from ledger.store import Ledger
 from web import BodyTooLarge, ClientGone, read_limited, server_options
@@ -95,7 +96,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = redis or Redis.from_url(settings.redis_url, health_check_interval=30)
+        client = redis or connection.async_client(settings, health_check_interval=30)
         app.state.ledger = Ledger(client, settings)
         app.state.figures = Cached(
             partial(redis_figures, app.state.ledger), settings.metrics_cache_s

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Exchange, Queue
 
-from ledger import keys
+from ledger import connection, keys
 from ledger.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,13 +33,15 @@ def _queue(name: str) -> Queue:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for side-effecting tasks (docs/architecture.md D9)."""
+    broker_url, sentinel_options = connection.broker(settings)
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             # Poll queues in the order given, so the priority queue always drains first.
             "queue_order_strategy": "priority",
+            **sentinel_options,
         },
         "task_queues": [_queue(PRIORITY_QUEUE), _queue(CAMPAIGN_QUEUE)],
         "task_default_queue": CAMPAIGN_QUEUE,

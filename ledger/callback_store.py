@@ -77,9 +77,12 @@ class CallbackStore(LedgerCore):
             "trunk": trunk,
             "event": event,
         }
-        reply = await self.scripts["callback"](
-            keys=[keys.orphan(update.didww_id), self.stream, keys.stats()],
-            args=[
+        # Durably: DIDWW does not send a callback again once it got its 200 (NotReplicated
+        # is a RedisError: the ingester answers 503 and DIDWW retries).
+        reply = await self.durably(
+            "callback",
+            [keys.orphan(update.didww_id), self.stream, keys.stats()],
+            [
                 update.final_state,
                 events.encode(event),
                 self.maxlen,

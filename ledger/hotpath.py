@@ -11,6 +11,7 @@ from typing import Any
 
 from ledger import keys
 from ledger.core import LedgerCore
+from ledger.errors import NotReplicated
 from ledger.rate import RateParams
 
 
@@ -130,7 +131,9 @@ class HotPath(LedgerCore):
         event_base: str,
     ) -> ClaimReply:
         """Claim up to max_messages (urgent ones first, then the given batches' indexes in
-        order) with the due units plus any free ones, and reserve `want` units for later."""
+        order) with the due units plus any free ones, and reserve `want` units for later.
+        Raises NotReplicated with the parsed reply when too few replicas have the claim: its
+        messages must not be written (the caller gives them back)."""
         args: list[Any] = [
             owner,
             f"{rate.interval_us:.3f}",
@@ -147,27 +150,32 @@ class HotPath(LedgerCore):
         ]
         for cid, batch_no, indexes in batches:
             args += (cid, batch_no, len(indexes), *indexes)
-        reply = await self.scripts["claim"](
-            keys=[
-                keys.rate(trunk),
-                keys.rate_window(trunk),
-                keys.halt(trunk),
-                keys.backoff(trunk),
-                keys.urgent(trunk),
-                self.stream,
-            ],
-            args=args,
-        )
+        try:
+            reply = await self.durably(
+                "claim",
+                [
+                    keys.rate(trunk),
+                    keys.rate_window(trunk),
+                    keys.halt(trunk),
+                    keys.backoff(trunk),
+                    keys.urgent(trunk),
+                    self.stream,
+                ],
+                args,
+            )
+        except NotReplicated as exc:
+            exc.reply = parse_claim(exc.reply)
+            raise
         return parse_claim(reply)
 
     async def record(self, results: Sequence[Result], forget: Sequence[str] = ()) -> Recorded:
-        """Record many answers in one round trip, and forget finished in-flight entries."""
+        """Record many answers in one round trip, and forget finished in-flight entries.
+        NotReplicated: recorded on the primary only; record them again (it is idempotent:
+        a message already moved is skipped) before anything relies on them."""
         args: list[Any] = [self.maxlen, self.settings.orphan_ttl_s, len(results), len(forget)]
         args += forget
         for r in results:
             args += (r.kind, r.cid, r.batch, r.index, r.a, r.b, r.c, r.event)
-        reply = await self.scripts["record"](
-            keys=[self.stream, keys.inflight(), keys.stats()], args=args
-        )
+        reply = await self.durably("record", [self.stream, keys.inflight(), keys.stats()], args)
         n = len(results)
         return Recorded([bool(int(x)) for x in reply[:n]], [_text(x) for x in reply[n:]])

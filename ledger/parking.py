@@ -24,7 +24,7 @@ class Parking(LedgerCore):
         the earlier time, so parking never delays work that was due sooner; but one being
         published right now (leased) takes the new time, so the new reason is not lost."""
         when = time.time() if at is None else at
-        await self.scripts["park"](keys=[], args=[keys.batch_member(cid, batch_no), f"{when:.3f}"])
+        await self.durably("park", [], [keys.batch_member(cid, batch_no), f"{when:.3f}"])
 
     async def due_parked(self, *, due_only: bool = True, limit: int = 1000) -> list[str]:
         """Members (cid|batch) of parked batches that are due (or all), without taking them:

@@ -22,10 +22,9 @@ class Recovery(LedgerCore):
         return int(await self.redis.incr(keys.owners()))
 
     async def hold(self, cid: str, batch_no: int, owner: int) -> None:
-        """A worker process takes a batch: its in-flight entry starts beating."""
-        await self.scripts["hold"](
-            keys=[keys.inflight()], args=[keys.inflight_field(cid, batch_no, owner)]
-        )
+        """A worker process takes a batch: its in-flight entry starts beating (on enough
+        replicas before its task is acknowledged: NotReplicated otherwise)."""
+        await self.durably("hold", [keys.inflight()], [keys.inflight_field(cid, batch_no, owner)])
 
     async def beat(self, fields: Sequence[str]) -> list[str]:
         """Refresh the heartbeat of held batches; returns the fields another worker recovered

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.errors import ConfigError
@@ -87,6 +94,18 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis behind Sentinel (ledger/connection.py; docs/reliability.md "Redis: failover, memory,
+    # durability"): the sentinels as host:port,host:port and the name they know the primary by.
+    # SMSQ_REDIS_URL then gives only the password, database and TLS (rediss://), not the host.
+    redis_sentinels: str = ""
+    redis_master_name: str = ""
+    # The sentinels' own password (their requirepass), when they have one.
+    redis_sentinel_password: SecretStr = SecretStr("")
+    # A claim, a recorded answer, a held or parked batch, a stored callback and a stored
+    # campaign count only once this many replicas have them (Redis WAIT, at most
+    # redis_wait_ms): a failover then cannot take back what smsq acted on. 0: nothing waits.
+    redis_min_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_ms: int = Field(100, ge=1, le=10_000)
     didww_url: str = "https://sms-out.didww.com"
     didww_username: str = ""
     didww_password: SecretStr = SecretStr("")
@@ -166,6 +185,35 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError("has an invalid port") from exc
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _redis_sentinels(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                _host_port(item.strip())
+        return value
+
+    @field_validator("redis_master_name")
+    @classmethod
+    def _redis_master_name(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+            raise ValueError("letters, digits, '.', '_' and '-' only")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_pair(self) -> Settings:
+        if self.redis_sentinels.strip() and not self.redis_master_name:
+            raise ValueError("SMSQ_REDIS_SENTINELS is set: SMSQ_REDIS_MASTER_NAME must be too")
+        if self.redis_master_name and not self.redis_sentinels.strip():
+            raise ValueError("SMSQ_REDIS_MASTER_NAME is set: SMSQ_REDIS_SENTINELS must be too")
+        if self.redis_sentinels.strip() and urlsplit(self.redis_url).scheme == "unix":
+            raise ValueError("SMSQ_REDIS_URL: a unix:// socket cannot be found through Sentinel")
+        return self
+
+    def sentinels(self) -> list[tuple[str, int]]:
+        """SMSQ_REDIS_SENTINELS as (host, port) pairs; empty without Sentinel."""
+        return [_host_port(i.strip()) for i in self.redis_sentinels.split(",") if i.strip()]
 
     @field_validator("didww_url")
     @classmethod
@@ -272,7 +320,20 @@ class Settings(BaseSettings):
         password = urlsplit(self.redis_url).password
         if password:
             values.append(password)
+        values.append(self.redis_sentinel_password.get_secret_value())
         return list(dict.fromkeys(v for v in values if v))
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    """host:port, or [v6 address]:port, as a pair; ValueError naming the item if not one."""
+    parts = urlsplit(f"//{item}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or parts.username or parts.path:
+        raise ValueError(f"{item!r} is not host:port")
+    return parts.hostname, port
 
 
 def _dotenv() -> dict[str, str]:
@@ -360,6 +421,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
         message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:
+            # A check across settings (model_validator): its message names them.
+            raise ConfigError(message) from None
+        field = str(first["loc"][0])
         raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}") from None

@@ -117,13 +117,14 @@ class Proc:
 class RedisServer:
     """A private redis-server on a free port in its own directory."""
 
-    def __init__(self, workdir: Path, appendonly: bool = False) -> None:
+    def __init__(self, workdir: Path, appendonly: bool = False, extra: Sequence[str] = ()) -> None:
         if not shutil.which("redis-server"):
             raise StackError("redis-server is not installed (Debian: apt-get install redis-server)")
         self.dir = workdir / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendonly = appendonly
+        self.extra = list(extra)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: Proc | None = None
 
@@ -137,6 +138,7 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always",
             "--maxmemory-policy", "noeviction",
+            *self.extra,
         ]  # fmt: skip
         self.proc = Proc("redis", argv, dict(os.environ), self.dir / "redis.log").start()
         client = redis.Redis(port=self.port)

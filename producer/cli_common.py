@@ -10,8 +10,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import redis
-from redis.asyncio import Redis
 
+from ledger import connection
 from ledger.errors import ConfigError
 from ledger.settings import Settings, load_settings
 from ledger.store import Ledger
@@ -41,7 +41,7 @@ def run(settings: Settings, work: Callable[[Ledger], Coroutine[Any, Any, T]]) ->
     """Run work(ledger) on a fresh event loop; Redis out of reach: exit 1 with one line."""
 
     async def main() -> T:
-        client = Redis.from_url(settings.redis_url)
+        client = connection.async_client(settings)
         try:
             return await work(Ledger(client, settings))
         finally:

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from ledger import events
+from ledger import connection, events
 from ledger.settings import Settings, load_settings
 
 # The stream smsq writes to unless SMSQ_EVENTS_STREAM says otherwise.
@@ -90,9 +90,12 @@ class EventConsumer:
     def from_settings(
         cls, group: str, consumer: str, settings: Settings | None = None, **options: Any
     ) -> EventConsumer:
-        """A consumer of SMSQ_EVENTS_STREAM on SMSQ_REDIS_URL."""
+        """A consumer of SMSQ_EVENTS_STREAM on SMSQ_REDIS_URL (or its Sentinel primary)."""
         settings = settings or load_settings()
-        return cls(settings.redis_url, group, consumer, stream=settings.events_stream, **options)
+        client = connection.sync_client(settings)
+        found = cls(client, group, consumer, stream=settings.events_stream, **options)
+        found._owned = True
+        return found
 
     def ensure_group(self) -> None:
         """Create the group (and the stream) unless it exists."""

@@ -21,10 +21,10 @@ import redis
 from celery import Celery
 
 from dispatch import celery_config, send
-from ledger import campaigns, events, keys, optouts, records
+from ledger import campaigns, connection, events, keys, optouts, records
 from ledger.campaigns import Campaign
 from ledger.enqueuing import ENQUEUE_STALL_S, IDEMPOTENCY_TTL_S
-from ledger.errors import InputError, SmsqError
+from ledger.errors import InputError, NotReplicated, SmsqError
 from ledger.quiet_hours import Group, QuietHours, next_open
 from ledger.settings import Settings, load_settings
 from ledger.states import CampaignState, State
@@ -173,12 +173,14 @@ class Producer:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
-        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.redis = connection.sync_client(self.settings)
         self.celery = Celery("smsq-producer")
         self.celery.config_from_object(celery_config(self.settings))
         self.planner = Planner(self.settings, self.redis)
         # The campaign being enqueued, known before anything is written (Ctrl-C reports it).
         self.campaign_id: str | None = None
+        # Replicas the primary listed at the last enqueue (ledger.connection.replicas_listed).
+        self._replicas: int | None = None
 
     def plan(self, source: str, text: str, numbers: NumbersResult, **options: Any) -> Plan:
         """Validate everything and compute the campaign, writing nothing (a dry run)."""
@@ -225,7 +227,7 @@ class Producer:
             if stored:
                 self._publish_suppressed(cid, plan, layout)
             self._publish(cid, plan, layout)
-            self.redis.zrem(keys.enqueuing(), member)
+            self._unmark(member)
             if idempotency_key:
                 self._finish_key(idempotency_key, cid, _digest(plan))
         except Exception as exc:
@@ -268,6 +270,24 @@ class Producer:
                 raise NotStored(_describe(exc), cid, maybe_stored=True) from exc
             self._discard(cid, layout, idempotency_key)
             raise NotStored(_describe(exc), cid) from exc
+
+    def _unmark(self, member: str) -> None:
+        """The enqueue is whole: drop its mark. With SMSQ_REDIS_MIN_REPLICAS, on that many
+        replicas too before the caller hears it is (WAIT after this last write covers every
+        write before it); NotReplicated if not in time (the caller answers 202)."""
+        if not self.settings.redis_min_replicas:
+            self.redis.zrem(keys.enqueuing(), member)
+            return
+        wanted = connection.replicas_to_wait_for(self.settings, self._replicas)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(keys.enqueuing(), member)
+            if wanted:
+                pipe.wait(wanted, self.settings.redis_wait_ms)
+            pipe.role()
+            found = pipe.execute()
+        self._replicas = connection.replicas_listed(found[-1])
+        if wanted and found[1] < wanted:
+            raise NotReplicated(found[1], wanted)
 
     def _campaign_exists(self, cid: str) -> bool | None:
         """Whether the campaign's hash is in Redis; None if Redis cannot say within

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ledger import connection
 from ledger.settings import Settings
 from ledger.store import Ledger
 from producer import dashboard
@@ -99,7 +100,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = redis or Redis.from_url(settings.redis_url, health_check_interval=30)
+        client = redis or connection.async_client(settings, health_check_interval=30)
         own_producer = producer or Producer(settings)
         app.state.api = Api(Ledger(client, settings), own_producer)
         yield

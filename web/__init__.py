@@ -14,6 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 
+from ledger import connection
 from ledger.errors import ConfigError
 from ledger.logs import configure_logging
 from ledger.redis_health import unsafe
@@ -27,7 +28,7 @@ def warn_if_redis_unsafe(settings: Settings) -> None:
     """Log, once, what makes this Redis unsafe for the ledger (smsq status shows it too)."""
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = connection.sync_client(settings, socket_connect_timeout=2)
     try:
         for warning in unsafe(
             client.info("persistence"), client.info("memory"), client.info("stats")

@@ -51,6 +51,8 @@ class HeldBatch:
     open: bool = True
     # What this process's posts of the batch came to, for the batch_done log line.
     outcomes: dict[str, int] = field(default_factory=dict)
+    # Its park when it was let go: its in-flight entry is forgotten only once that is done.
+    parking: asyncio.Future[None] | None = None
 
     @property
     def pending(self) -> int:

@@ -15,10 +15,16 @@ import structlog
 from redis.exceptions import RedisError
 
 from ledger import events
+from ledger.errors import NotReplicated
 from ledger.hotpath import Claimed, ClaimReply, Result
 from ledger.quiet_hours import next_open
 from worker.batches import HeldBatch, Hub, Lane
-from worker.metrics import CLAIM_LATENESS_SECONDS, CLAIMS_GIVEN_BACK, IN_FLIGHT
+from worker.metrics import (
+    CLAIM_LATENESS_SECONDS,
+    CLAIMS_GIVEN_BACK,
+    CLAIMS_NOT_REPLICATED,
+    IN_FLIGHT,
+)
 
 log = structlog.stdlib.get_logger("smsq.worker")
 
@@ -102,6 +108,12 @@ class Claimer:
             want = max(0, min(span_units, free, backlog_units - due)) if offer else 0
             try:
                 await self.claim(lane, offer, due=due, want=want, max_messages=free)
+            except NotReplicated as exc:
+                # Given back already (claim()); wait before claiming again, as for an error.
+                log.warning("claim_not_replicated", trunk=lane.name, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_MAX_S)
+                continue
             except RedisError as exc:
                 log.warning("claim_failed", trunk=lane.name, error=str(exc), retry_in_s=delay)
                 lane.ready_units = due
@@ -115,19 +127,29 @@ class Claimer:
     ) -> ClaimReply:
         """One claim call: up to max_messages with the due units plus any free ones, and
         `want` units reserved for the next call; each claimed request is written before this
-        returns (or, if the answer came too late to write it in time, given back)."""
+        returns (or, if the answer came too late to write it in time, given back). A claim
+        too few replicas acknowledged is given back too, and NotReplicated raised."""
         loop = asyncio.get_running_loop()
         asked_at = loop.time()
-        reply = await self.hub.ledger.claim(
-            lane.name,
-            self.hub.owner,
-            lane.rate,
-            due=due,
-            want=want,
-            max_messages=max_messages,
-            batches=offer,
-            event_base=_event_base(lane),
-        )
+        try:
+            reply = await self.hub.ledger.claim(
+                lane.name,
+                self.hub.owner,
+                lane.rate,
+                due=due,
+                want=want,
+                max_messages=max_messages,
+                batches=offer,
+                event_base=_event_base(lane),
+            )
+        except NotReplicated as exc:
+            # A failover now could bring these messages back queued on the new primary:
+            # written, they could be sent twice. Nothing is written; they go back.
+            reply = exc.reply
+            CLAIMS_NOT_REPLICATED.labels(lane.name).inc(len(reply.claimed))
+            self._give_back(lane, reply, why="claims_not_replicated")
+            self._after_claim(lane, reply, want, loop.time())
+            raise
         answered_at = loop.time()
         if reply.claimed and answered_at - asked_at > lane.stale_claim_s:
             # This process (or Redis) stalled between the claim and now: written this
@@ -136,11 +158,15 @@ class Claimer:
         self._after_claim(lane, reply, want, answered_at)
         return reply
 
-    def _give_back(self, lane: Lane, reply: ClaimReply) -> None:
-        """Unclaim what a stalled claim call took: back to queued (recorded in the next
-        flush), offered again once that is recorded. Nothing was written."""
-        CLAIMS_GIVEN_BACK.labels(lane.name).inc(len(reply.claimed))
-        log.warning("claims_given_back", trunk=lane.name, messages=len(reply.claimed))
+    def _give_back(self, lane: Lane, reply: ClaimReply, why: str = "claims_given_back") -> None:
+        """Unclaim what a stalled (or not replicated) claim call took: back to queued
+        (recorded in the next flush), offered again once that is recorded. Nothing was
+        written."""
+        if not reply.claimed:
+            return
+        if why == "claims_given_back":
+            CLAIMS_GIVEN_BACK.labels(lane.name).inc(len(reply.claimed))
+        log.warning(why, trunk=lane.name, messages=len(reply.claimed))
         recorder = self.hub.recorder
         for claimed in reply.claimed:
             held = lane.find(claimed.cid, claimed.batch)

@@ -218,14 +218,21 @@ class Engine:
         if not held.open:
             return
         if park_at is not None and held.pending:
-            self.spawn(self.ledger.park(held.campaign.id, held.batch, park_at))
+            # Its in-flight entry is forgotten after the park is done, never before: forgotten
+            # first, a crash or a failover between the two would leave the batch neither held
+            # nor parked. If the park fails, the entry stays and, no longer beating, has the
+            # batch recovered (recover.lua parks it).
+            held.parking = asyncio.ensure_future(
+                self.ledger.park(held.campaign.id, held.batch, park_at)
+            )
+            self.spawn(held.parking)
         held.close()
         self.maybe_finish(lane, held)
 
     def maybe_finish(self, lane: Lane, held: HeldBatch) -> None:
         if held.finished and held in lane.batches:
             lane.batches.remove(held)
-            self.recorder.forget(held.field)
+            self.recorder.forget(held.field, after=held.parking)
             lane.room.set()
             log.info(
                 "batch_done",

@@ -48,6 +48,12 @@ CLAIMS_GIVEN_BACK = Counter(
     "Messages claimed by a call answered too late to be written in time, put back unwritten",
     ["trunk"],
 )
+CLAIMS_NOT_REPLICATED = Counter(
+    "smsq_claims_not_replicated",
+    "Messages claimed by a call too few replicas acknowledged in time (SMSQ_REDIS_MIN_REPLICAS),"
+    " put back unwritten",
+    ["trunk"],
+)
 CLAIM_LATENESS_SECONDS = Histogram(
     "smsq_claim_lateness_seconds",
     "How long after its reserved slot a claim call ran (CPU contention shows here)",

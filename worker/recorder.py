@@ -31,7 +31,7 @@ class Recorder(Generic[R]):
         self.ledger = ledger
         self._on_retry = on_retry
         self._results: list[Result] = []
-        self._forget: list[str] = []
+        self._forget: list[tuple[str, asyncio.Future[None] | None]] = []
         self._retries: list[R] = []
         self._wanted = asyncio.Event()
 
@@ -50,20 +50,28 @@ class Recorder(Generic[R]):
         self._retries.append(retry)
         self._wanted.set()
 
-    def forget(self, field: str) -> None:
+    def forget(self, field: str, after: asyncio.Future[None] | None = None) -> None:
         """A held batch is finished here: forget its in-flight entry (ledger/lua/record.lua
-        releases any claim of it whose reply was lost)."""
-        self._forget.append(field)
+        releases any claim of it whose reply was lost), once `after` (its park) is done; not
+        at all if that failed (the entry, beating no more, has the batch recovered)."""
+        self._forget.append((field, after))
+        if after is not None:
+            after.add_done_callback(lambda _: self._wanted.set())
         self._wanted.set()
 
     async def flush(self) -> None:
         """Record everything waiting, in one round trip, then hand each recorded retry to
         on_retry; on a Redis error what is not done stays waiting and the error is raised."""
-        results, forget, retries = self._results, self._forget, self._retries
-        self._results, self._forget, self._retries = [], [], []
-        if results or forget:
+        results, retries = self._results, self._retries
+        forget, waiting = [], []
+        for entry in self._forget:
+            after = entry[1]
+            (forget if after is None or after.done() else waiting).append(entry)
+        self._results, self._forget, self._retries = [], waiting, []
+        fields = [f for f, after in forget if after is None or _succeeded(after)]
+        if results or fields:
             try:
-                await self.ledger.record(results, forget)
+                await self.ledger.record(results, fields)
             except RedisError:
                 self._results[:0] = results
                 self._forget[:0] = forget
@@ -94,3 +102,7 @@ class Recorder(Generic[R]):
                 delay = min(delay * 2, REDIS_RETRY_MAX_S)
                 continue
             delay = REDIS_RETRY_S
+
+
+def _succeeded(done: asyncio.Future[None]) -> bool:
+    return not done.cancelled() and done.exception() is None

@@ -15,8 +15,8 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import uvloop
-from redis.asyncio import BlockingConnectionPool, Redis
 
+from ledger import connection
 from ledger.settings import Settings
 from ledger.store import Ledger
 from worker.engine import Engine
@@ -36,13 +36,9 @@ class Runtime:
             target=self.loop.run_forever, name="smsq-engine", daemon=True
         )
         self._thread.start()
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=REDIS_CONNECTIONS,
-            timeout=settings.connect_timeout_s,
-            health_check_interval=30,
+        self.redis = connection.async_bounded_client(
+            settings, REDIS_CONNECTIONS, settings.connect_timeout_s, health_check_interval=30
         )
-        self.redis = Redis(connection_pool=pool)
         self.ledger = Ledger(self.redis, settings)
         name = f"{socket.gethostname()}:{self.pid}"
         self.engine: Engine = self.run(Engine.create(settings, self.ledger, name))

@@ -22,10 +22,10 @@ from typing import Any, ClassVar
 
 import structlog
 from celery import bootsteps
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from dispatch import dispatch, dispatch_parked
+from ledger import connection
 from ledger.enqueuing import ENQUEUE_STALL_S, IDEMPOTENCY_TTL_S
 from ledger.settings import Settings
 from ledger.store import Ledger, redis_warnings
@@ -68,7 +68,7 @@ class Supervisor:
         asyncio.run(self._watch())
 
     async def _watch(self) -> None:
-        redis = Redis.from_url(self.settings.redis_url)
+        redis = connection.async_client(self.settings)
         ledger = Ledger(redis, self.settings)
         clients = {
             name: DidwwClient(

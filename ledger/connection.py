@@ -11,7 +11,7 @@ and a connection that finds a replica (READONLY) or loses the primary reconnects
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -29,6 +29,28 @@ SENTINEL_TIMEOUT_S = 1.0
 class _SentinelBlockingPool(redis.asyncio.sentinel.SentinelConnectionPool, BlockingConnectionPool):
     """A Sentinel pool that waits for a free connection, as BlockingConnectionPool does, rather
     than raising when all are in use (the worker bounds its connections this way)."""
+
+
+class _SentinelClient(redis.Redis):
+    """A client of the primary that, closed, also closes its connections to the sentinels."""
+
+    sentinel: redis.sentinel.Sentinel | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.sentinel is not None:
+            self.sentinel.close()
+
+
+class _AsyncSentinelClient(redis.asyncio.Redis):
+    """An asyncio client of the primary that, closed, also closes its sentinel connections."""
+
+    sentinel: redis.asyncio.sentinel.Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
 
 
 def _url_options(settings: Settings) -> dict[str, Any]:
@@ -59,7 +81,9 @@ def sync_client(settings: Settings, **options: Any) -> redis.Redis:
     sentinel = redis.sentinel.Sentinel(
         settings.sentinels(), sentinel_kwargs=_sentinel_options(settings), **_url_options(settings)
     )
-    return sentinel.master_for(settings.redis_master_name, **options)
+    client = sentinel.master_for(settings.redis_master_name, _SentinelClient, **options)
+    client.sentinel = sentinel
+    return client
 
 
 def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
@@ -69,7 +93,9 @@ def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
     sentinel = redis.asyncio.sentinel.Sentinel(
         settings.sentinels(), sentinel_kwargs=_sentinel_options(settings), **_url_options(settings)
     )
-    return sentinel.master_for(settings.redis_master_name, **options)
+    client = sentinel.master_for(settings.redis_master_name, _AsyncSentinelClient, **options)
+    client.sentinel = sentinel
+    return client
 
 
 def async_bounded_client(
@@ -84,13 +110,16 @@ def async_bounded_client(
     sentinel = redis.asyncio.sentinel.Sentinel(
         settings.sentinels(), sentinel_kwargs=_sentinel_options(settings), **_url_options(settings)
     )
-    return sentinel.master_for(
+    client = sentinel.master_for(
         settings.redis_master_name,
+        _AsyncSentinelClient,
         connection_pool_class=_SentinelBlockingPool,
         max_connections=max_connections,
         timeout=timeout_s,
         **options,
     )
+    client.sentinel = sentinel
+    return client
 
 
 def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -101,7 +130,8 @@ def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
     parts = urlsplit(settings.redis_url)
     auth = ""
     if parts.password:
-        auth = f"{quote(parts.username or '', safe='')}:{quote(parts.password, safe='')}@"
+        user, password = unquote(parts.username or ""), unquote(parts.password)
+        auth = f"{quote(user, safe='')}:{quote(password, safe='')}@"
     db = _url_options(settings).get("db", 0)
     hosts = [f"[{h}]" if ":" in h else h for h, _ in settings.sentinels()]
     url = ";".join(
@@ -126,10 +156,14 @@ def describe(settings: Settings) -> str:
 
 def replicas_to_wait_for(settings: Settings, listed: int | None) -> int:
     """How many replicas a durable write waits for: SMSQ_REDIS_MIN_REPLICAS, or as many as the
-    primary listed at the last write if fewer (None: not known yet). A primary left without a
-    replica (its replica was promoted, the old primary is not back) has nobody a failover
-    could hand the ledger to, so waiting would only stop sending; Redis's own
-    min-replicas-to-write decides whether it should stop instead (docs/reliability.md)."""
+    primary listed at the last write if fewer (None: not known yet); it counts as replicated
+    when as many acknowledged it as that, or as the primary lists just after (ROLE, in the
+    same round trip), whichever is fewer. A primary left without a replica (its replica was
+    promoted, the old primary is not back; a replica killed) has nobody a failover could hand
+    the ledger to, so waiting would only stop sending; Redis's own min-replicas-to-write
+    decides whether it should stop instead (docs/reliability.md). A replica cut off but not
+    closed stays listed (for repl-timeout, 60 s) and so is waited for: nothing is acted on
+    that it lacks."""
     wanted = settings.redis_min_replicas
     return wanted if listed is None else min(wanted, listed)
 

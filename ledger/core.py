@@ -43,6 +43,6 @@ class LedgerCore:
             pipe.role()
             found = await pipe.execute()
         self._replicas = replicas_listed(found[-1])
-        if wanted and found[1] < wanted:
+        if wanted and found[1] < min(wanted, self._replicas):
             raise NotReplicated(found[1], wanted, found[0])
         return found[0]

@@ -138,6 +138,8 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always",
             "--maxmemory-policy", "noeviction",
+            # A replica's first sync starts at once, not after Redis's 5 s wait for others.
+            "--repl-diskless-sync-delay", "0",
             *self.extra,
         ]  # fmt: skip
         self.proc = Proc("redis", argv, dict(os.environ), self.dir / "redis.log").start()

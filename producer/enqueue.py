@@ -286,7 +286,7 @@ class Producer:
             pipe.role()
             found = pipe.execute()
         self._replicas = connection.replicas_listed(found[-1])
-        if wanted and found[1] < wanted:
+        if wanted and found[1] < min(wanted, self._replicas):
             raise NotReplicated(found[1], wanted)
 
     def _campaign_exists(self, cid: str) -> bool | None:

@@ -6,6 +6,7 @@ recorder loop or heartbeat runs: each test calls the step it checks and awaits w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -235,6 +236,89 @@ def test_a_claim_answered_too_late_is_given_back_unwritten(
     assert retries and retries == sorted(set(retries))
     assert counts(real_redis, cid) == {"queued": 3}
     assert {r.attempts for r in read_records(real_redis, cid)} == {0}
+
+
+def test_a_claim_too_few_replicas_acknowledged_is_given_back_unwritten(
+    real_ledger, real_campaign, real_redis
+) -> None:
+    """The claim is applied on the primary but WAIT comes back short (a replica stalled:
+    tests/unit/test_replicas.py), so nothing is written and the messages go back."""
+    from ledger.errors import NotReplicated
+
+    cid = real_campaign(3)
+
+    async def body(engine: Engine, sim: Simulator) -> tuple[int, list[int], int]:
+        await engine.take(cid, 0)
+        real_claim = engine.ledger.claim
+
+        async def claim(*args: Any, **kwargs: Any) -> Any:
+            engine.ledger.claim = real_claim  # type: ignore[method-assign]
+            raise NotReplicated(0, 1, await real_claim(*args, **kwargs))
+
+        engine.ledger.claim = claim  # type: ignore[method-assign]
+        with pytest.raises(NotReplicated):
+            await claim_once(engine)
+        await engine.settle()
+        posted_then = len(sim.requests)
+        held = lane_of(engine).find(cid, 0)
+        assert held is not None
+        retries = sorted(index for _, index in held.retries)
+        # Offered again once the give-back is recorded: now sent, each once.
+        for _ in range(3):
+            held.ready.extend(index for _, index in held.retries)
+            held.retries.clear()
+            await claim_all(engine, 3)
+            await engine.settle()
+        return posted_then, retries, len(sim.requests)
+
+    posted_then, retries, posted = drive(real_ledger, body)
+    assert posted_then == 0
+    assert retries == [0, 1, 2]
+    assert posted == 3
+    assert counts(real_redis, cid) == {"accepted": 3}
+    assert {r.attempts for r in read_records(real_redis, cid)} == {1}
+
+
+@pytest.mark.parametrize("park_fails", [False, True], ids=["parked", "park failed"])
+def test_a_batch_let_go_is_forgotten_only_after_its_park(
+    real_ledger, real_campaign, real_redis, park_fails: bool
+) -> None:
+    """Forgotten before its park was done, a crash or a failover between the two would leave
+    the batch neither held nor parked; a park that failed leaves the entry, which no longer
+    beats, so recover.lua parks the batch."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    cid = real_campaign(3)
+
+    async def body(engine: Engine, _: Simulator) -> tuple[bool, bool]:
+        await engine.take(cid, 0)
+        real_park = engine.ledger.park
+        gate = asyncio.Event()
+
+        async def park(*args: Any) -> None:
+            await gate.wait()
+            if park_fails:
+                raise RedisConnectionError("Redis went away")
+            await real_park(*args)
+
+        engine.ledger.park = park  # type: ignore[method-assign]
+        lane = lane_of(engine)
+        held = lane.find(cid, 0)
+        assert held is not None
+        engine.let_go(lane, held, park_at=time.time())
+        await engine.recorder.flush()  # the park is not done: the entry stays
+        kept_while_parking = bool(real_redis.hexists(keys.inflight(), held.field))
+        gate.set()
+        with contextlib.suppress(RedisConnectionError):
+            await engine.settle()
+        await engine.recorder.flush()
+        return kept_while_parking, bool(real_redis.hexists(keys.inflight(), held.field))
+
+    kept_while_parking, kept_after = drive(real_ledger, body)
+    assert kept_while_parking is True
+    assert kept_after is park_fails
+    parked = real_redis.zrange(keys.parked(), 0, -1)
+    assert parked == ([] if park_fails else [keys.batch_member(cid, 0).encode()])
 
 
 # --- post -------------------------------------------------------------------------------------

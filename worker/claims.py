@@ -21,6 +21,7 @@ from ledger.quiet_hours import next_open
 from worker.batches import HeldBatch, Hub, Lane
 from worker.metrics import (
     CLAIM_LATENESS_SECONDS,
+    CLAIM_SECONDS,
     CLAIMS_GIVEN_BACK,
     CLAIMS_NOT_REPLICATED,
     IN_FLIGHT,
@@ -151,6 +152,7 @@ class Claimer:
             self._after_claim(lane, reply, want, loop.time())
             raise
         answered_at = loop.time()
+        CLAIM_SECONDS.labels(lane.name).observe(answered_at - asked_at)
         if reply.claimed and answered_at - asked_at > lane.stale_claim_s:
             # This process (or Redis) stalled between the claim and now: written this
             # late, the requests could bunch with later ones past the trunk's limit.

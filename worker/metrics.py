@@ -60,6 +60,13 @@ CLAIM_LATENESS_SECONDS = Histogram(
     ["trunk"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+CLAIM_SECONDS = Histogram(
+    "smsq_claim_seconds",
+    "How long a claim call took, from asking Redis to its answer (with SMSQ_REDIS_MIN_REPLICAS,"
+    " the replicas' acknowledgement included)",
+    ["trunk"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 
 
 def serve(port: int) -> bool:

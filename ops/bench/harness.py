@@ -66,6 +66,25 @@ class BenchStack:
         self.stack = Stack(workdir, self.url, env)
         self.baseline_procs: list[Proc] = []
         self._redis = self.server.client()
+        self.replica: RedisServer | None = None
+
+    def add_replica(self) -> RedisServer:
+        """A replica of the stack's Redis, in sync and answering when this returns (start it
+        before the workers, with SMSQ_REDIS_MIN_REPLICAS in their settings to wait for it)."""
+        self.replica = RedisServer(
+            self.server.dir.parent / "replica",
+            extra=["--replicaof", "127.0.0.1", str(self.server.port)],
+        ).start()
+
+        def answering() -> bool:
+            info = self._redis.info("replication")
+            if info.get("connected_slaves") != 1 or info["slave0"]["state"] != "online":
+                return False
+            self._redis.set("smsq:bench:synced", "1")
+            return int(self._redis.wait(1, 100)) == 1
+
+        wait_for(answering, START_TIMEOUT_S, "the replica")
+        return self.replica
 
     @property
     def settings_env(self) -> dict[str, str]:
@@ -251,11 +270,13 @@ class BenchStack:
             "simulator": [],
             "redis": [],
             "ingester": [],
+            "replica": [],
         }
         for name, proc in (
             ("simulator", self.stack.simulator),
             ("redis", self.server.proc),
             ("ingester", self.stack.callbacks),
+            ("replica", self.replica.proc if self.replica else None),
         ):
             if proc is not None and proc.running and proc.popen is not None:
                 parts[name].append(proc.popen.pid)
@@ -278,6 +299,8 @@ class BenchStack:
             if service is not None:
                 service.stop()
         self._redis.close()
+        if self.replica is not None:
+            self.replica.stop()
         self.server.stop()
 
 

@@ -1,11 +1,13 @@
 """GET /metrics on the callbacks service: the figures that live in Redis (messages by state,
-queues, overdue campaigns, trunks, Redis memory), read at most once per SMSQ_METRICS_CACHE_S,
-and this process's own callback counters and lag. Worker figures come from worker/metrics.py.
+queues, overdue campaigns, trunks, Redis memory and replication), read at most once per
+SMSQ_METRICS_CACHE_S, and this process's own callback counters and lag. Worker figures come
+from worker/metrics.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from ledger import keys
 from ledger.callback_store import utc_seconds
 from ledger.campaigns import CampaignHead, queue_read_head
 from ledger.rate import RateParams
+from ledger.settings import Settings
 from ledger.states import ALL_STATES, CampaignState, State
 from ledger.store import Ledger
 
@@ -191,6 +194,53 @@ async def _redis_hygiene(redis: Redis) -> dict[str, int] | None:
     }
 
 
+# A replica's line in INFO replication: slave0, slave1, ...
+REPLICA_FIELD = re.compile(r"slave\d+")
+
+
+def replicas_expected(settings: Settings) -> int:
+    """How many replicas the deployment means the primary to have: SMSQ_REDIS_MIN_REPLICAS,
+    and at least one behind Sentinel (a failover needs a replica to promote)."""
+    return max(settings.redis_min_replicas, 1 if settings.redis_sentinels else 0)
+
+
+def _replica_fields(value: Any) -> dict[str, Any]:
+    """A slaveN value of INFO replication as a dict: redis-py parses
+    ip=...,port=...,state=...,offset=...,lag=... into one; a plain string is split here."""
+    if isinstance(value, dict):
+        return value
+    pairs = (item.partition("=") for item in str(value).split(","))
+    return {name: found for name, _, found in pairs}
+
+
+def replication_figures(info: dict[str, Any]) -> dict[str, Any]:
+    """From INFO replication: the replicas connected (connected_slaves) and, for each replica
+    by ip:port as the primary lists it, (seconds since it last acknowledged, bytes of the
+    primary's replication stream it has not acknowledged). A replica acknowledges every
+    second, so its lag is 0 or 1 while well; one still in its first full sync has acknowledged
+    nothing, so all the stream counts as behind."""
+    offset = int(info.get("master_repl_offset", 0))
+    replicas = {}
+    for name, value in info.items():
+        if not REPLICA_FIELD.fullmatch(str(name)):
+            continue
+        fields = _replica_fields(value)
+        ip = str(fields.get("ip", ""))
+        where = f"[{ip}]:{fields.get('port')}" if ":" in ip else f"{ip}:{fields.get('port')}"
+        behind = max(0, offset - int(fields.get("offset", 0)))
+        replicas[where] = (float(fields.get("lag", 0)), behind)
+    return {"connected": int(info.get("connected_slaves", 0)), "replicas": replicas}
+
+
+async def _redis_replication(redis: Redis) -> dict[str, Any] | None:
+    """replication_figures() of the primary smsq writes to; None where INFO is refused."""
+    try:
+        info = await redis.info("replication")
+    except ResponseError:
+        return None
+    return replication_figures(info)
+
+
 async def redis_figures(ledger: Ledger) -> dict[str, Any]:
     """Everything the scrape reports from Redis, in few round trips."""
     redis: Redis = ledger.redis
@@ -239,6 +289,8 @@ async def redis_figures(ledger: Ledger) -> dict[str, Any]:
         "backing_off": {name: t.backoff is not None for name, t in trunks.items()},
         "redis_memory": await _redis_memory(redis),
         "redis_hygiene": await _redis_hygiene(redis),
+        "redis_replication": await _redis_replication(redis),
+        "replicas_expected": replicas_expected(settings),
     }
 
 
@@ -326,6 +378,39 @@ class _Figures(Collector):
                 "Keys Redis has evicted since it started (INFO evicted_keys): ledger data lost",
                 value=hygiene["evicted_keys"],
             )
+        yield from self._replication()
+
+    def _replication(self) -> Iterator[Metric]:
+        replication = self.f.get("redis_replication")
+        if replication is None:
+            return  # INFO refused: what is expected is left out with what is there
+        yield GaugeMetricFamily(
+            "smsq_redis_replicas_expected",
+            "Replicas the settings expect the primary to have: SMSQ_REDIS_MIN_REPLICAS, at "
+            "least 1 with SMSQ_REDIS_SENTINELS",
+            value=self.f["replicas_expected"],
+        )
+        yield GaugeMetricFamily(
+            "smsq_redis_connected_replicas",
+            "Replicas connected to the primary (INFO replication connected_slaves)",
+            value=replication["connected"],
+        )
+        lag = GaugeMetricFamily(
+            "smsq_redis_replica_lag_seconds",
+            "Seconds since the replica last acknowledged the primary's stream (0 or 1 while well)",
+            labels=["replica"],
+        )
+        behind = GaugeMetricFamily(
+            "smsq_redis_replica_behind_bytes",
+            "Bytes of the primary's replication stream the replica has not acknowledged "
+            "(master_repl_offset minus its offset)",
+            labels=["replica"],
+        )
+        for replica, (lag_s, behind_bytes) in sorted(replication["replicas"].items()):
+            lag.add_metric([replica], lag_s)
+            behind.add_metric([replica], behind_bytes)
+        yield lag
+        yield behind
 
     def _overdue(self) -> Iterator[Metric]:
         overdue = self.f["overdue"]

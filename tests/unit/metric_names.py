@@ -49,6 +49,7 @@ def _callbacks_page() -> set[str]:
             "aof_rewrite_ok": 1,
             "evicted_keys": 0,
         }
+        found["redis_replication"] = {"connected": 1, "replicas": {"10.0.0.2:6379": (0.0, 0)}}
         found["overdue"] = [("default", "0123456789abcdef", 1.0)]
         return exposition(found)
 

@@ -98,6 +98,14 @@ def test_the_issue_s_alerts_are_all_there() -> None:
     assert reads["SmsqRedisAofOff"] == {"smsq_redis_aof_enabled"}
     assert reads["SmsqRedisAofFailing"] == {"smsq_redis_aof_write_ok"}
     assert reads["SmsqRedisMaxmemoryUnset"] == {"smsq_redis_maxmemory_bytes"}
+    assert reads["SmsqRedisNoReplica"] == {
+        "smsq_redis_connected_replicas",
+        "smsq_redis_replicas_expected",
+    }
+    assert reads["SmsqRedisReplicaLagging"] == {
+        "smsq_redis_replica_lag_seconds",
+        "smsq_redis_replica_behind_bytes",
+    }
 
 
 def test_alerts_read_only_series_that_exist() -> None:

@@ -1,5 +1,6 @@
 """Tests for the figures the callbacks service's /metrics adds for alerts and the dashboard:
-campaigns past their expected finish, the oldest queued age, Redis memory and callback lag."""
+campaigns past their expected finish, the oldest queued age, Redis memory and replication, and
+callback lag."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from smsq_testing import TOKEN, make_settings, write_campaign
 
 from callbacks.app import create_app
-from callbacks.metrics import OVERDUE_SHOWN, REGISTRY, observe_callback_lag, redis_figures
+from callbacks.metrics import (
+    OVERDUE_SHOWN,
+    REGISTRY,
+    exposition,
+    observe_callback_lag,
+    redis_figures,
+    replicas_expected,
+    replication_figures,
+)
 from ledger import keys
 from ledger.campaigns import Campaign
 from ledger.rate import RateParams
@@ -24,6 +33,7 @@ from ledger.redis_health import unsafe
 from ledger.settings import Settings
 from ledger.states import CampaignState, State
 from ledger.store import Ledger
+from ops.stack import RedisServer, wait_for
 
 # At SMSQ_RATE_LIMIT=1 and the default headroom, a trunk paces 0.98 messages a second.
 SLOW = {"rate_limit": 1}
@@ -346,3 +356,144 @@ def test_what_makes_a_redis_unsafe_is_each_said() -> None:
         "Redis cannot write its append-only file (aof_last_write_status: err)",
         "Redis has no maxmemory: a full host would kill it, not refuse writes (maxmemory)",
     )
+
+
+# --- Redis replication
+
+# INFO replication of a primary with two replicas, as redis-py returns it: one acknowledged
+# 3 seconds ago and 500 bytes behind, one (on IPv6) still in its first full sync.
+PRIMARY_INFO: dict[str, Any] = {
+    "role": "master",
+    "connected_slaves": 2,
+    "slave0": {"ip": "10.0.0.2", "port": 6379, "state": "online", "offset": 99500, "lag": 3},
+    "slave1": {"ip": "fd00::3", "port": 6380, "state": "wait_bgsave", "offset": 0, "lag": 0},
+    "master_failover_state": "no-failover",
+    "master_replid": "6f2c0d1e2b3a4c5d6e7f8091a2b3c4d5e6f70812",
+    "master_replid2": "0000000000000000000000000000000000000000",
+    "master_repl_offset": 100000,
+    "second_repl_offset": -1,
+    "repl_backlog_active": 1,
+    "repl_backlog_size": 1048576,
+    "repl_backlog_first_byte_offset": 1,
+    "repl_backlog_histlen": 99999,
+}
+
+
+def test_replication_figures_from_info_replication() -> None:
+    assert replication_figures(PRIMARY_INFO) == {
+        "connected": 2,
+        "replicas": {"10.0.0.2:6379": (3.0, 500), "[fd00::3]:6380": (0.0, 100000)},
+    }
+
+
+def test_a_primary_without_replicas_has_none() -> None:
+    info = {"role": "master", "connected_slaves": 0, "master_repl_offset": 0}
+    assert replication_figures(info) == {"connected": 0, "replicas": {}}
+
+
+def test_a_replica_line_left_as_text_is_read_too() -> None:
+    info = {
+        "connected_slaves": 1,
+        "slave0": "ip=redis-replica,port=6379,state=online,offset=4000,lag=1",
+        "master_repl_offset": 4096,
+    }
+    assert replication_figures(info)["replicas"] == {"redis-replica:6379": (1.0, 96)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, 0),
+        ({"redis_sentinels": "s1:26379,s2:26379,s3:26379", "redis_master_name": "smsq"}, 1),
+        ({"redis_min_replicas": 2}, 2),
+        (
+            {
+                "redis_sentinels": "s1:26379,s2:26379,s3:26379",
+                "redis_master_name": "smsq",
+                "redis_min_replicas": 2,
+            },
+            2,
+        ),
+    ],
+    ids=["single-redis", "sentinel", "min-replicas", "sentinel-and-min-replicas"],
+)
+def test_replicas_expected_follow_the_settings(overrides: dict[str, Any], expected: int) -> None:
+    assert replicas_expected(make_settings(**overrides)) == expected
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[Any, ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+
+
+def test_replication_is_on_the_page(server: fakeredis.FakeServer) -> None:
+    found = figures(server, make_settings(redis_min_replicas=1))
+    found["redis_replication"] = replication_figures(PRIMARY_INFO)
+    got = samples(exposition(found))
+    assert got[("smsq_redis_connected_replicas", ())] == 2
+    assert got[("smsq_redis_replicas_expected", ())] == 1
+    assert got[("smsq_redis_replica_lag_seconds", (("replica", "10.0.0.2:6379"),))] == 3
+    assert got[("smsq_redis_replica_behind_bytes", (("replica", "10.0.0.2:6379"),))] == 500
+    assert got[("smsq_redis_replica_behind_bytes", (("replica", "[fd00::3]:6380"),))] == 100000
+
+
+def test_replication_is_left_out_where_info_is_refused(server: fakeredis.FakeServer) -> None:
+    # fakeredis has no INFO: neither what is there nor what is expected is shown.
+    found = figures(server, make_settings(redis_min_replicas=1))
+    assert found["redis_replication"] is None
+    got = samples(exposition(found))
+    assert ("smsq_messages", (("state", "queued"),)) in got
+    assert not [k for k in got if "replica" in k[0]]
+
+
+def test_replication_of_a_real_primary_and_replica(tmp_path: Any) -> None:
+    primary = RedisServer(tmp_path / "primary").start()
+    replica = RedisServer(
+        tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(primary.port)]
+    ).start()
+    client = primary.client()
+    try:
+        wait_for(
+            lambda: client.info("replication").get("slave0", {}).get("state") == "online",
+            10, "the replica",
+        )  # fmt: skip
+        client.set("k", "v" * 1000)
+
+        async def read() -> dict[str, Any]:
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(primary.url)
+            try:
+                return await redis_figures(Ledger(redis, make_settings()))
+            finally:
+                await redis.aclose()
+
+        got = asyncio.run(read())["redis_replication"]
+    finally:
+        client.close()
+        replica.stop()
+        primary.stop()
+    assert got["connected"] == 1
+    ((where, (lag_s, behind)),) = got["replicas"].items()
+    assert where == f"127.0.0.1:{replica.port}"
+    assert 0 <= lag_s <= 2
+    # Acknowledged within a second: at most the write above is not yet.
+    assert 0 <= behind <= 2000
+
+
+def test_a_redis_without_replicas_lists_none(redis_server: Any, real_redis: Any) -> None:
+    async def read() -> dict[str, Any]:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(redis_server.url)
+        try:
+            return await redis_figures(Ledger(redis, make_settings()))
+        finally:
+            await redis.aclose()
+
+    got = asyncio.run(read())
+    assert got["redis_replication"] == {"connected": 0, "replicas": {}}
+    assert got["replicas_expected"] == 0

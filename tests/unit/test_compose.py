@@ -31,6 +31,9 @@ FLOWER_PASSWORD = "flower-pw-for-test"
 # The services built from ops/Dockerfile; every other service runs a public image.
 SMSQ_IMAGE = re.compile(r"^smsq(:|$)")
 ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+# The `ha` profile's sentinels, and the name they know the primary by.
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+MASTER_NAME = "smsq"
 
 
 def _compose_tool() -> list[str] | None:
@@ -203,6 +206,7 @@ def _check_python_module(name: str, argv: list[str]) -> None:
 def test_compose_file_is_valid_and_has_every_service(config: dict[str, Any]) -> None:
     assert set(config["services"]) == {
         "redis", "worker", "flower", "callbacks", "api", "simulator", "prometheus", "grafana",
+        "redis-replica", *SENTINELS,
     }  # fmt: skip
     assert set(_smsq_services(config)) == {"worker", "flower", "callbacks", "api", "simulator"}
     for name, service in _smsq_services(config).items():
@@ -254,6 +258,128 @@ def test_redis_keeps_every_write_and_never_evicts(config: dict[str, Any]) -> Non
             assert service["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
+def _volume(service: dict[str, Any]) -> tuple[str, str]:
+    """(source, target) of a service's one volume (v2 prints objects, v1 text)."""
+    (volume,) = service["volumes"]
+    if isinstance(volume, dict):
+        return volume["source"], volume["target"]
+    source, target = volume.split(":")[:2]
+    return source, target
+
+
+def _run_start_script(
+    service: dict[str, Any], data: Path, **env: str
+) -> tuple[list[str], dict[str, str]]:
+    """Run an `sh -c` command of the `ha` profile on this machine, /data being `data` and
+    redis-server a stand-in that records its arguments: (redis-server's arguments, the
+    files in `data` by name)."""
+    argv = _argv(service)
+    assert argv[:2] == ["sh", "-c"], "a start script run by sh -c"
+    # The tool prints $$ (compose's escape for a $ of the shell) as it is written.
+    script = argv[2].replace("$$", "$").replace("/data/", f"{data}/")
+    bin_dir = data.parent / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    recorder = bin_dir / "redis-server"
+    recorder.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n')
+    recorder.chmod(0o755)
+    args_file = data.parent / "args"
+    run_env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_FILE": str(args_file), **env}
+    subprocess.run(["sh", "-c", script], env=run_env, check=True, timeout=30)
+    files = {path.name: path.read_text() for path in data.iterdir()}
+    return args_file.read_text().splitlines(), files
+
+
+def _conf_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+
+
+@needs_tool
+def test_ha_replica_follows_redis_and_keeps_its_role(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    redis, replica = config["services"]["redis"], config["services"]["redis-replica"]
+    assert replica["image"] == redis["image"]
+    assert replica["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "redis-cli ping" in " ".join(replica["healthcheck"]["test"])
+    source, target = _volume(replica)
+    assert target == "/data" and source in config["volumes"] and source != _volume(redis)[0]
+    # After a failover redis rejoins as a replica, named as the clients can reach it.
+    assert "--replica-announce-ip redis" in " ".join(_argv(redis))
+
+    data = tmp_path / "data"
+    data.mkdir()
+    args, files = _run_start_script(replica, data)
+    assert _conf_lines(files["redis.conf"]) == ["replicaof redis 6379"]
+    assert args[0] == f"{data}/redis.conf", "the role is read from (and rewritten to) a file"
+    command = " ".join(args)
+    # The same persistence and limits as redis, for when it is the primary.
+    redis_command = " ".join(_argv(redis))
+    for option in ("--appendonly", "--appendfsync", "--maxmemory", "--maxmemory-policy"):
+        value = re.search(rf"{option} (\S+)", redis_command)
+        assert value and f"{option} {value[1]}" in command, option
+    assert "--replica-announce-ip redis-replica" in command
+    assert "--replicaof" not in command, "a command-line replicaof would undo a promotion"
+
+    # Sentinel promoted it and rewrote the file: a restart keeps that.
+    (data / "redis.conf").write_text("# rewritten by CONFIG REWRITE\nappendonly yes\n")
+    _, files = _run_start_script(replica, data)
+    assert "replicaof" not in files["redis.conf"]
+
+
+@needs_tool
+def test_ha_sentinels_watch_redis_as_smsq_with_quorum_2(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    redis = config["services"]["redis"]
+    volumes = set()
+    for name in SENTINELS:
+        sentinel = config["services"][name]
+        assert sentinel["image"] == redis["image"], name
+        assert sentinel["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert "sentinel get-master-addr-by-name smsq" in " ".join(sentinel["healthcheck"]["test"])
+        source, target = _volume(sentinel)
+        assert target == "/data" and source in config["volumes"], name
+        volumes.add(source)
+
+        data = tmp_path / name / "data"
+        data.mkdir(parents=True)
+        args, files = _run_start_script(sentinel, data, **sentinel["environment"])
+        assert args == [f"{data}/sentinel.conf", "--sentinel"], name
+        lines = _conf_lines(files["sentinel.conf"])
+        assert f"sentinel monitor {MASTER_NAME} redis 6379 2" in lines, name
+        assert "port 26379" in lines
+        # Hostnames: accepted (before the monitor line that names one) and handed out.
+        assert lines.index("sentinel resolve-hostnames yes") < lines.index(
+            f"sentinel monitor {MASTER_NAME} redis 6379 2"
+        )
+        assert "sentinel announce-hostnames yes" in lines
+        assert f"sentinel announce-ip {name}" in lines, "each announces its own service name"
+
+        # Sentinel rewrote its file (its id, the failovers it saw): a restart keeps it.
+        kept = files["sentinel.conf"] + "sentinel myid " + "a" * 40 + "\n"
+        (data / "sentinel.conf").write_text(kept)
+        _, files = _run_start_script(sentinel, data, **sentinel["environment"])
+        assert files["sentinel.conf"] == kept, name
+    assert len(volumes) == len(SENTINELS), "each sentinel has a file of its own"
+
+
+def test_ha_settings_in_the_docs_name_the_sentinels() -> None:
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    found = dict(
+        re.findall(r"^\s*(SMSQ_REDIS_(?:SENTINELS|MASTER_NAME|MIN_REPLICAS))=(\S+)$", docs, re.M)
+    )
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        redis_sentinels=found["SMSQ_REDIS_SENTINELS"],
+        redis_master_name=found["SMSQ_REDIS_MASTER_NAME"],
+        redis_min_replicas=int(found["SMSQ_REDIS_MIN_REPLICAS"]),
+    )
+    assert settings.sentinels() == [(name, 26379) for name in SENTINELS]
+    assert settings.redis_master_name == MASTER_NAME
+    assert settings.redis_min_replicas == 1
+    assert "docker compose --profile ha up -d" in docs
+
+
 @needs_tool
 def test_flower_login_comes_from_the_environment(config: dict[str, Any]) -> None:
     flower = config["services"]["flower"]
@@ -280,13 +406,15 @@ def test_workers_scale_with_a_name_each(config: dict[str, Any]) -> None:
 
 
 @needs_tool
-def test_only_the_simulator_prometheus_and_grafana_wait_for_a_profile(
+def test_only_the_simulator_monitoring_and_redis_ha_wait_for_a_profile(
     config: dict[str, Any],
 ) -> None:
     profiles = {name: s.get("profiles", []) for name, s in config["services"].items()}
     assert profiles.pop("simulator") == ["sim"]
     assert profiles.pop("prometheus") == ["metrics"]
     assert profiles.pop("grafana") == ["metrics"]
+    for name in ("redis-replica", *SENTINELS):
+        assert profiles.pop(name) == ["ha"], name
     assert all(not p for p in profiles.values()), profiles
     simulator = _argv(config["services"]["simulator"])
     assert "http://callbacks:8080/callbacks?token=" in " ".join(simulator)

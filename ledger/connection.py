@@ -1,7 +1,7 @@
 """Every Redis client smsq makes is made here: from SMSQ_REDIS_URL, or, with
 SMSQ_REDIS_SENTINELS and SMSQ_REDIS_MASTER_NAME, through Redis Sentinel, so that every part
 (workers, supervisors, ingester, HTTP API, CLI, consumers, Celery's broker and Flower) finds
-the primary the same way and follows a failover without a restart. docs/architecture.md §10.
+the primary the same way and follows a failover without a restart. docs/architecture.md D21.
 
 Through Sentinel, SMSQ_REDIS_URL gives the password, user, database and TLS (rediss://);
 its host and port are not used. A client asks the sentinels for the primary when it connects,

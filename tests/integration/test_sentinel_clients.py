@@ -1,7 +1,7 @@
 """Every kind of Redis client smsq makes (ledger/connection.py) finds the primary through
 Sentinel and follows a failover without being made again: the Python API (the producer and
-its Celery publisher, kombu's Sentinel transport), an event consumer, and the asyncio
-clients of the workers, the ingester and the HTTP API. Real redis-servers and sentinels on
+its Celery publisher, kombu's Sentinel transport), an event consumer, the asyncio clients of
+the workers, the ingester and the HTTP API, and Flower. Real redis-servers and sentinels on
 loopback (ops/ha.py); the whole stack through a failover is tests/integration/test_failover.py.
 """
 
@@ -11,18 +11,23 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
 
-from dispatch import CAMPAIGN_QUEUE
+from dispatch import CAMPAIGN_QUEUE, celery_config, dispatch
 from ledger import connection, keys
 from ledger.settings import Settings
 from ops.ha import RedisHA
+from ops.stack import Stack, default_settings_env
 from producer.consumer import EventConsumer
 from producer.enqueue import Producer
 from producer.numbers import normalize_many
+from tests.integration.test_flower import LOGIN, poll, start_flower
 
 T = TypeVar("T")
 # From the kill to a client's first success: the sentinels' down-after (1 s), their vote and
@@ -48,7 +53,7 @@ def until_it_works(call: Callable[[], T], timeout_s: float = FOLLOW_S) -> tuple[
     while True:
         try:
             return call(), time.monotonic() - started
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError, OperationalError):
             if time.monotonic() - started > timeout_s:
                 raise
             time.sleep(0.2)
@@ -139,3 +144,49 @@ def test_an_asyncio_client_made_before_the_failover_follows_it(ha: RedisHA) -> N
         assert new.get("after") == b"1"
     finally:
         new.close()
+
+
+def test_flower_sees_a_workers_tasks_before_and_after_a_failover(ha: RedisHA) -> None:
+    """Flower runs on the workers' Celery settings (kombu's Sentinel transport): its event
+    receiver follows the failover, so a task run after it shows up too."""
+    env = default_settings_env("redis://127.0.0.1:6379/0", **ha.settings_env(min_replicas=1))
+    stack = Stack(ha.workdir, "", env)
+    try:
+        stack.start_worker("hatest")
+        _, url = start_flower(stack)
+        api = httpx.Client(base_url=url, auth=LOGIN, timeout=10.0)
+        poll(
+            "Flower to hear the worker",
+            lambda: httpx.get(f"{url}/metrics", timeout=5.0).text,
+            lambda text: 'flower_worker_online{worker="hatest@' in text,
+        )
+        settings = ha_settings(ha, min_replicas=1)
+        app = Celery("failover-test")
+        app.config_from_object(celery_config(settings))
+
+        def seen(cid: str) -> Callable[[dict[str, Any]], bool]:
+            def check(tasks: dict[str, Any]) -> bool:
+                return any(
+                    cid in (t.get("args") or "") and t.get("state") == "SUCCESS"
+                    for t in tasks.values()
+                )
+
+            return check
+
+        # Campaigns that do not exist: the task answers `missing`, which is all Flower needs.
+        dispatch(app, "before0000000000", [0], trunk="default")
+        poll("the task before", lambda: api.get("/api/tasks").json(), seen("before0000000000"))
+
+        ha.kill_primary()
+        ha.wait_for_failover()
+        until_it_works(lambda: dispatch(app, "after00000000000", [0], trunk="default"))
+        poll(
+            "the task after the failover",
+            lambda: api.get("/api/tasks").json(),
+            seen("after00000000000"),
+            timeout_s=60,
+        )
+        api.close()
+        app.close()
+    finally:
+        stack.stop()

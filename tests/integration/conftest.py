@@ -15,7 +15,8 @@ import redis
 from ledger import keys
 from ledger.campaigns import Campaign
 from ledger.records import Record, iter_batch
-from ops.stack import RedisServer, Stack, default_settings_env
+from ops.ha import RedisHA
+from ops.stack import RedisServer, Stack, default_settings_env, free_port
 
 SOURCE = "37041123456"
 
@@ -169,6 +170,57 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., TestStack]]:
     for stack in made:
         stack.stop()
         stack.server.stop()
+
+
+class HATestStack(TestStack):
+    """A TestStack whose Redis is a primary, a replica and three sentinels (ops/ha.py): every
+    component finds the primary through the sentinels; the test's own reads go to whichever
+    server the sentinels name primary now."""
+
+    __test__ = False
+    ha: RedisHA
+
+    def redis(self) -> redis.Redis:
+        return self.ha.current().client()
+
+
+@pytest.fixture
+def make_ha_stack(tmp_path: Path) -> Iterator[Callable[..., HATestStack]]:
+    """Like make_stack, on top of RedisHA with SMSQ_REDIS_MIN_REPLICAS=min_replicas."""
+    made: list[HATestStack] = []
+
+    def make(rate_per_s: int = 100, min_replicas: int = 1, **env: str) -> HATestStack:
+        workdir = tmp_path / f"ha{len(made)}"
+        ha = RedisHA(workdir)
+        try:
+            ha.start()
+        except BaseException:
+            ha.stop()
+            raise
+        # Through the sentinels only the URL's database counts; its host and port are a
+        # port nobody listens on, so a client that ignored the sentinels fails loudly (and
+        # never reaches a Redis it should not touch).
+        unused = f"redis://127.0.0.1:{free_port()}/0"
+        settings = default_settings_env(
+            unused,
+            **{
+                **ha.settings_env(min_replicas=min_replicas),
+                "SMSQ_REDIS_URL": unused,
+                "SMSQ_RATE_LIMIT": str(rate_per_s),
+                "SMSQ_PROBE_INTERVAL_S": "1",
+                "SMSQ_READ_TIMEOUT_S": "5",
+                **env,
+            },
+        )
+        stack = HATestStack(workdir, unused, settings)
+        stack.ha = ha
+        made.append(stack)
+        return stack
+
+    yield make
+    for stack in made:
+        stack.stop()
+        stack.ha.stop()
 
 
 def write_numbers(path: Path, count: int, start: int = 0) -> list[str]:

@@ -31,9 +31,12 @@ Callbacks:
 - ``smsq:ids:{hhh}``                 string: DIDWW-id index bucket (3 hex digits of the id's
                                       key): 28-byte entries id key (16) | cid (8) | index (4);
                                       a campaign's entries go when it is purged
-- ``smsq:orphan:{id}``               string (TTL): a callback that came before its DIDWW id
-- ``smsq:orphans``                   sorted set: DIDWW ids of kept callbacks, by when kept
-- ``smsq:orphans:{src}:{dst}``       sorted set (TTL): kept callbacks' ids by DIDWW time_start
+- ``smsq:kept``                     stream: kept callbacks (ids not yet indexed) in the order
+                                      kept, ``k`` = id key; trimmed to SMSQ_ORPHANS_MAX and
+                                      SMSQ_ORPHAN_TTL_S at every ingest and settle pass
+- ``smsq:kept:{hhh}``                hash: id key -> a kept callback's values (MessagePack,
+                                      ledger/lua/_common.lua: kept_pack), bucket as ``ids``
+- ``smsq:kept:info``                 hash: ``count`` kept now, ``cursor`` of the settle pass
 - ``smsq:unknown:{src}:{dst}``       sorted set (TTL): ``cid|batch|index`` of unknown messages by
                                       when they were posted, for matching their callbacks
 - ``smsq:sending:{src}:{dst}``       counter (TTL): messages to that pair now `sending`; a kept
@@ -134,16 +137,18 @@ def id_bucket(id_key: bytes) -> str:
     return f"{PREFIX}:ids:{id_key[:2].hex()[:3]}"
 
 
-def orphan(didww_id: str) -> str:
-    return f"{PREFIX}:orphan:{didww_id}"
+def kept() -> str:
+    """The stream of kept callbacks (orphans), oldest first."""
+    return f"{PREFIX}:kept"
 
 
-def orphans() -> str:
-    return f"{PREFIX}:orphans"
+def kept_bucket(id_key: bytes) -> str:
+    """The hash bucket holding a kept callback, by its 16-byte id key (as id_bucket)."""
+    return f"{PREFIX}:kept:{id_key[:2].hex()[:3]}"
 
 
-def orphans_by_pair(source: str, destination: str) -> str:
-    return f"{PREFIX}:orphans:{source}:{destination}"
+def kept_info() -> str:
+    return f"{PREFIX}:kept:info"
 
 
 def unknown_by_pair(source: str, destination: str) -> str:

@@ -67,7 +67,8 @@ class Recovery(LedgerCore):
     async def settle_orphans(self, settle_after_s: float) -> int:
         """Match callbacks kept longer than settle_after_s to unknown messages with the same
         source and destination posted nearest in time (within SMSQ_MATCH_WINDOW_S), and
-        settle those; never while a message to that pair is sending. Returns how many."""
+        settle those; never while a message to that pair is sending. Also drops what is kept
+        beyond SMSQ_ORPHANS_MAX or SMSQ_ORPHAN_TTL_S. Returns how many were settled."""
         reply = await self.scripts["settle"](
             keys=[],
             args=[
@@ -75,8 +76,9 @@ class Recovery(LedgerCore):
                 self.settings.match_window_s,
                 self.stream,
                 self.maxlen,
-                max(5.0, settle_after_s / 2),
+                self.settings.orphan_ttl_s,
                 SCRIPT_BATCH,
+                self.settings.orphans_max,
             ],
         )
         return int(reply)

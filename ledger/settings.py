@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     max_segments: int = Field(10, ge=1, le=255)
     didww_id_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     orphan_ttl_s: int = Field(24 * 3600, ge=60)
+    # Callbacks for DIDWW ids not (yet) known are kept to be joined, about 160 bytes each;
+    # beyond this many the oldest go (smsq_callback_results{result="orphans_dropped"}).
+    orphans_max: int = Field(100_000, ge=100)
     # A callback settles an unknown message (whose 201 was lost) with the same source and
     # destination posted within this many seconds of DIDWW's time_start; the nearest wins.
     match_window_s: int = Field(600, ge=1, le=24 * 3600)

@@ -78,7 +78,7 @@ class TrunkFlags(LedgerCore):
         halt, backoff = await self.trunk_flags(trunk)
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(keys.parked())
-        pipe.zcard(keys.orphans())
+        pipe.hget(keys.kept_info(), "count")
         pipe.hgetall(keys.stats())
         parked, waiting, stats = await pipe.execute()
         return TrunkStatus(
@@ -86,6 +86,6 @@ class TrunkFlags(LedgerCore):
             halt,
             backoff,
             int(parked),
-            int(waiting),
+            int(waiting or 0),
             {k.decode(): int(v) for k, v in stats.items()},
         )

@@ -272,6 +272,7 @@ def _print_status(status: Status) -> None:
     click.echo(
         f"callbacks for unknown DIDWW ids: {trunk.orphans_waiting} waiting"
         f" ({stats.get('orphans_kept', 0)} kept, {stats.get('orphans_joined', 0)} joined,"
+        f" {stats.get('orphans_dropped', 0)} dropped over SMSQ_ORPHANS_MAX,"
         f" {stats.get('callbacks_matched', 0)} matched by number and time)"
     )
     for warning in status.warnings:

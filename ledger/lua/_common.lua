@@ -2,7 +2,8 @@
 -- Keys of messages found through an index are built here the way ledger/keys.py builds them
 -- (tests/unit/test_ledger.py checks they agree). smsq runs on one Redis, not a Cluster.
 local P = 'smsq:'
-local ORPHANS, STATS, ACCEPTING = P .. 'orphans', P .. 'stats', P .. 'accepting'
+local STATS, ACCEPTING = P .. 'stats', P .. 'accepting'
+local KEPT, KEPT_INFO = P .. 'kept', P .. 'kept:info'
 local RETENTION, PARKED, INFLIGHT = P .. 'retention', P .. 'parked', P .. 'inflight'
 local function campaign_key(cid) return P .. 'campaign:' .. cid end
 local function counts_key(cid) return P .. 'campaign:' .. cid .. ':counts' end
@@ -11,8 +12,6 @@ local function fields_key(cid, b) return P .. 'campaign:' .. cid .. ':fields:' .
 local function rawids_key(cid) return P .. 'campaign:' .. cid .. ':rawids' end
 local function posted_key(cid) return P .. 'campaign:' .. cid .. ':posted' end
 local POSTED_RING = 16  -- keys.POSTED_RING_S
-local function orphan_key(id) return P .. 'orphan:' .. id end
-local function orphans_by_pair(src, dst) return P .. 'orphans:' .. src .. ':' .. dst end
 local function unknown_by_pair(src, dst) return P .. 'unknown:' .. src .. ':' .. dst end
 local function sending_by_pair(src, dst) return P .. 'sending:' .. src .. ':' .. dst end
 
@@ -218,4 +217,144 @@ local function to_unknown(m, at, event_json, o)
   redis.call('ZADD', ukey, m.t1, at.cid .. '|' .. at.b .. '|' .. at.index)
   redis.call('EXPIRE', ukey, o.orphan_ttl)
   maybe_done(at.cid, o.now)
+end
+
+-- Kept callbacks ("orphans": docs/architecture.md, "Callbacks"): callbacks for DIDWW ids not
+-- (yet) indexed, kept to be joined when a worker records the id (record.lua) or matched by
+-- number and time to an unknown message (settle.lua). About 160 bytes each in all (measured
+-- by tests/integration/test_callback_abuse.py's flood of forged ids):
+--   KEPT            stream, one entry per kept callback in the order kept: {'k', id key}
+--   kept_bucket(k)  hash, chosen like the id index's buckets: id key -> kept_pack(...)
+--   KEPT_INFO       hash: 'count' kept now, 'cursor' where settle.lua goes on
+-- A joined or matched callback leaves the hash at once and the stream when settle.lua or
+-- kept_trim passes its entry. Never more than SMSQ_ORPHANS_MAX (the oldest dropped, counted
+-- as orphans_dropped) nor older than SMSQ_ORPHAN_TTL_S (orphans_expired): kept_trim runs at
+-- every ingest and every settle pass.
+local SUCCESS_REASON = 'Message was sent successfully'  -- ledger/reasons.py
+local STATUS_NAMES = {}
+for name, code in pairs(STATUS_CODES) do STATUS_NAMES[code] = name end
+-- Flags (callback_store.py): DIDWW gave time_start, time_end in its own shape (written again
+-- from the numbers), and the digits of each one's fraction (4 x start's, 16 x end's).
+local KEPT_START, KEPT_END, KEPT_START_DIGITS, KEPT_END_DIGITS = 1, 2, 4, 16
+local function kept_bucket(idkey)
+  return P .. 'kept:' .. string.sub(string.format('%02x%02x', string.byte(idkey, 1, 2)), 1, 3)
+end
+-- A kept callback's values, none derived from another, in about 60 bytes (a small hash
+-- field stays in Redis's compact encoding up to 64): numbers first, comma-separated,
+-- `status * 64 + flags` (DIDWW's status as its code), code_id and fragments_sent ('' for
+-- none), time_start (Unix s with ms), ms to time_end; then ';' and length-prefixed texts
+-- (`7:default`): the token's trunk, source, destination, the id when it is not a UUID, the
+-- reason when DIDWW gave a code_id ('' for none; no code_id means the success reason), and
+-- time_start and time_end when DIDWW spelled them otherwise than its own shape. Trailing
+-- empty texts are left out.
+local function kept_pack(o)
+  local texts = {o.trunk, o.source, o.destination, o.raw_id or '',
+    o.code_id and o.reason or '', o.start_text or '', o.end_text or ''}
+  while #texts > 0 and texts[#texts] == '' do texts[#texts] = nil end
+  for i, text in ipairs(texts) do texts[i] = #text .. ':' .. text end
+  return table.concat({(STATUS_CODES[o.status] or 0) * 64 + o.flags, o.code_id or '',
+    o.fragments or '', o.t, o.dt_ms}, ',') .. ';' .. table.concat(texts)
+end
+local function kept_unpack(raw)
+  local head, pos = string.match(raw, '^([^;]*);()')
+  local n = {}
+  for v in string.gmatch(head .. ',', '([^,]*),') do n[#n + 1] = v end
+  local texts = {}
+  while pos <= #raw do
+    local len, at = string.match(raw, '^(%d+):()', pos)
+    len = tonumber(len)
+    texts[#texts + 1] = string.sub(raw, at, at + len - 1)
+    pos = at + len
+  end
+  for i = 1, 7 do texts[i] = texts[i] or '' end
+  local status = STATUS_NAMES[math.floor(tonumber(n[1]) / 64)]
+  local code_id = tonumber(n[2])
+  local o = {status = status, state = status == 'Success' and 'sent' or 'failed',
+    flags = tonumber(n[1]) % 64, code_id = code_id, fragments = tonumber(n[3]),
+    t = tonumber(n[4]), dt_ms = tonumber(n[5]), trunk = texts[1], source = texts[2],
+    destination = texts[3], raw_id = texts[4] ~= '' and texts[4] or nil,
+    start_text = texts[6] ~= '' and texts[6] or nil,
+    end_text = texts[7] ~= '' and texts[7] or nil}
+  if not code_id then
+    o.reason = SUCCESS_REASON
+  elseif texts[5] ~= '' then
+    o.reason = texts[5]
+  end
+  -- As a record stores them (callback_store.py): a start it cannot hold is 0, and so is the
+  -- duration then.
+  o.t1 = (o.t >= 0 and o.t < 4294967296) and math.floor(o.t) or 0
+  o.dt = o.t1 > 0 and math.max(0, math.floor(o.dt_ms / 1000 + 0.5)) or 0
+  return o
+end
+-- Unix ms as ISO 8601 UTC with `digits` (0-3) of the second's fraction (days to a civil
+-- date: H. Hinnant's algorithm).
+local function iso_ms(ms, digits)
+  ms = math.floor(ms + 0.5)
+  local s = math.floor(ms / 1000)
+  local days = math.floor(s / 86400)
+  local sod = s - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  local fraction = ''
+  if (digits or 3) > 0 then
+    fraction = '.' .. string.sub(string.format('%03d', ms - s * 1000), 1, digits or 3)
+  end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d', y, m, d, math.floor(sod / 3600),
+    math.floor(sod % 3600 / 60), sod % 60) .. fraction .. 'Z'
+end
+-- The event a kept callback gives the message it settles (callbacks/document.py's fields).
+local function kept_event(o, idkey, cid, index, now_ms)
+  local t_ms = math.floor(o.t * 1000 + 0.5)
+  local function time(flag, digits_unit, at, text)
+    if text then return text end
+    if math.floor(o.flags / flag) % 2 == 0 then return cjson.null end
+    return iso_ms(at, math.floor(o.flags / digits_unit) % 4)
+  end
+  return {campaign_id = cid, message_id = cid .. '-' .. index,
+    didww_id = o.raw_id or uuid_text(idkey, 0), destination = o.destination,
+    source = o.source, at = iso_ms(now_ms, 3), status = o.status,
+    code_id = o.code_id or cjson.null, reason = o.reason or cjson.null,
+    fragments_sent = o.fragments or cjson.null,
+    time_start = time(KEPT_START, KEPT_START_DIGITS, t_ms, o.start_text),
+    time_end = time(KEPT_END, KEPT_END_DIGITS, t_ms + o.dt_ms, o.end_text)}
+end
+local function kept_get(idkey)
+  local raw = redis.call('HGET', kept_bucket(idkey), idkey)
+  return raw and kept_unpack(raw)
+end
+-- Forget a kept callback (joined, matched, dropped or expired); false if it was not kept.
+local function kept_forget(idkey)
+  if redis.call('HDEL', kept_bucket(idkey), idkey) == 0 then return false end
+  redis.call('HINCRBY', KEPT_INFO, 'count', -1)
+  return true
+end
+local function kept_count() return tonumber(redis.call('HGET', KEPT_INFO, 'count')) or 0 end
+-- Bound what is kept: the oldest go while more than `max` are kept or while they are older
+-- than `ttl_s`, at most `budget` stream entries looked at per call.
+local function kept_trim(now_ms, ttl_s, max, budget)
+  local count = kept_count()
+  local oldest = now_ms - ttl_s * 1000
+  while budget > 0 do
+    local entries = redis.call('XRANGE', KEPT, '-', '+', 'COUNT', math.min(budget, 50))
+    if #entries == 0 then return end
+    for _, e in ipairs(entries) do
+      local ms = tonumber(string.match(e[1], '^(%d+)'))
+      local over = count > max
+      if not over and ms >= oldest then return end
+      if kept_forget(e[2][2]) then
+        count = count - 1
+        redis.call('HINCRBY', STATS, over and 'orphans_dropped' or 'orphans_expired', 1)
+      end
+      redis.call('XDEL', KEPT, e[1])
+      budget = budget - 1
+    end
+  end
 end

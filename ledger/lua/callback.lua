@@ -1,16 +1,23 @@
 -- Apply a DIDWW status callback, once, in one round trip: accepted -> sent|failed, or, for a
 -- callback that comes late, unconfirmed|unknown -> sent|failed with the event marked late.
--- A callback whose DIDWW id is not indexed is kept (an orphan): record.lua joins it when the
--- worker records the id, or settle.lua matches it to an unknown message by source,
--- destination and time once no message to that pair can still record it.
--- KEYS[1] orphan callback   KEYS[2] events stream   KEYS[3] stats hash
+-- A callback whose DIDWW id is not indexed is kept (an orphan, _common.lua: kept_*): record.lua
+-- joins it when the worker records the id, or settle.lua matches it to an unknown message by
+-- source, destination and time once no message to that pair can still record it. What is
+-- kept is bounded at once: kept_trim drops the oldest beyond SMSQ_ORPHANS_MAX and any older
+-- than SMSQ_ORPHAN_TTL_S.
+-- KEYS[1] events stream   KEYS[2] stats hash
 -- ARGV[1] final state (sent|failed)   ARGV[2] event base JSON   ARGV[3] stream maxlen
--- ARGV[4] orphan TTL (s)   ARGV[5] orphan JSON {state, code_id, fragments, t, dt, event}
--- ARGV[6] source   ARGV[7] destination   ARGV[8] DIDWW's time_start (s)   ARGV[9] DIDWW id
--- ARGV[10] id key (16 bytes)   ARGV[11] code_id + 1 (0 for none)   ARGV[12] fragments sent
--- ('' when DIDWW did not say: the record keeps its estimate)
--- ARGV[13] seconds from time_start to time_end   ARGV[14] DIDWW's status (Success, ...)
--- ARGV[15] the trunk whose callback token came with it ('' to settle any trunk's message)
+-- ARGV[4] orphan TTL (s)   ARGV[5] most callbacks kept (SMSQ_ORPHANS_MAX)
+-- ARGV[6] source   ARGV[7] destination   ARGV[8] DIDWW's time_start as a record stores it
+-- (s; 0 when none fits)   ARGV[9] DIDWW id   ARGV[10] id key (16 bytes)
+-- ARGV[11] code_id + 1 (0 for none)   ARGV[12] fragments sent ('' when DIDWW did not say: the
+-- record keeps its estimate)   ARGV[13] seconds from time_start to time_end
+-- ARGV[14] DIDWW's status (Success, ...)   ARGV[15] the trunk whose callback token came with it
+-- ('' to settle any trunk's message)   ARGV[16] the id when it is not a UUID, else ''
+-- ARGV[17] time_start for matching (Unix s; now when DIDWW gave none)
+-- ARGV[18] kept flags (_common.lua: KEPT_START, ...)   ARGV[19] ms from time_start to
+-- time_end (0 when DIDWW did not give both)   ARGV[20], ARGV[21] time_start, time_end as
+-- DIDWW spelled them when not in its own shape, else ''
 -- Returns {'applied', message id}, {'late', message id}, {'orphan'}, {'duplicate', state?},
 -- {'forbidden'} (the message is another trunk's: a token settles only its own trunk's) or
 -- {'missing'}
@@ -18,17 +25,23 @@ local t = redis.call('TIME')
 local now_s = tonumber(t[1])
 local cid, index = index_find(ARGV[10])
 if not cid then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    redis.call('HINCRBY', KEYS[3], 'callbacks_duplicate', 1)
+  local idkey = ARGV[10]
+  if redis.call('HEXISTS', kept_bucket(idkey), idkey) == 1 then
+    redis.call('HINCRBY', KEYS[2], 'callbacks_duplicate', 1)
     return {'duplicate'}
   end
-  local ttl = tonumber(ARGV[4])
-  redis.call('SET', KEYS[1], ARGV[5], 'EX', ttl)
-  local okey = orphans_by_pair(ARGV[6], ARGV[7])
-  redis.call('ZADD', okey, tonumber(ARGV[8]), ARGV[9])
-  redis.call('EXPIRE', okey, ttl)
-  redis.call('ZADD', ORPHANS, now_s, ARGV[9])
-  redis.call('HINCRBY', KEYS[3], 'orphans_kept', 1)
+  local reason = cjson.decode(ARGV[2])['reason']
+  local code = tonumber(ARGV[11])
+  redis.call('HSET', kept_bucket(idkey), idkey, kept_pack({status = ARGV[14],
+    code_id = code > 0 and code - 1 or nil, reason = reason ~= cjson.null and reason or nil,
+    fragments = tonumber(ARGV[12]), t = ARGV[17], dt_ms = tonumber(ARGV[19]),
+    flags = tonumber(ARGV[18]), trunk = ARGV[15], source = ARGV[6], destination = ARGV[7],
+    raw_id = ARGV[16], start_text = ARGV[20], end_text = ARGV[21]}))
+  redis.call('XADD', KEPT, '*', 'k', idkey)
+  redis.call('HINCRBY', KEPT_INFO, 'count', 1)
+  redis.call('HINCRBY', KEYS[2], 'orphans_kept', 1)
+  kept_trim(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(ARGV[4]),
+    tonumber(ARGV[5]), 100)
   return {'orphan'}
 end
 
@@ -36,7 +49,7 @@ local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'trunk')
 local bsize = tonumber(h[1] or '')
 if not bsize then return {'missing'} end
 if ARGV[15] ~= '' and (h[2] or 'default') ~= ARGV[15] then
-  redis.call('HINCRBY', KEYS[3], 'callbacks_forbidden', 1)
+  redis.call('HINCRBY', KEYS[2], 'callbacks_forbidden', 1)
   return {'forbidden'}
 end
 local b = math.floor(index / bsize)
@@ -44,7 +57,7 @@ local m, off = rec_read(cid, b, index, bsize)
 if not m then return {'missing'} end
 local from = m.state
 if from ~= ACCEPTED and from ~= UNCONFIRMED and from ~= UNKNOWN then
-  redis.call('HINCRBY', KEYS[3], 'callbacks_duplicate', 1)
+  redis.call('HINCRBY', KEYS[2], 'callbacks_duplicate', 1)
   return {'duplicate', NAMES[from]}
 end
 local state = CODES[ARGV[1]]
@@ -63,7 +76,7 @@ if late then
   extra['late'] = true
   extra['previous_state'] = NAMES[from]
 end
-publish_as(KEYS[2], ARGV[3], ARGV[2], ARGV[1], extra)
-redis.call('HINCRBY', KEYS[3], late and 'callbacks_late' or 'callbacks_applied', 1)
+publish_as(KEYS[1], ARGV[3], ARGV[2], ARGV[1], extra)
+redis.call('HINCRBY', KEYS[2], late and 'callbacks_late' or 'callbacks_applied', 1)
 maybe_done(cid, now_s)
 return {late and 'late' or 'applied', cid .. '-' .. index}

@@ -63,31 +63,28 @@ for _ = 1, tonumber(ARGV[3]) do
       ok = 1
       -- A callback that beat its 201 here: settle the message with it now, if it came with
       -- this campaign's trunk's token (one kept under another trunk's token is left alone).
-      local kept = redis.call('GET', orphan_key(bb))
-      local o = kept and cjson.decode(kept)
-      if o and o['trunk'] and o['trunk'] ~= '' and o['trunk'] ~= trunks[cid] then
+      local o = kept_get(a)
+      if o and o.trunk ~= '' and o.trunk ~= trunks[cid] then
         redis.call('HINCRBY', KEYS[3], 'callbacks_forbidden', 1)
         o = nil
       end
       if o then
-        local state = CODES[o['state']]
+        local state = CODES[o.state]
         m.state = state
-        m.code = (o['code_id'] ~= nil and o['code_id'] ~= cjson.null) and math.min(o['code_id'] + 1, 65535) or 0
-        m.frags = tonumber(o['fragments']) or m.frags
-        m.t1 = math.floor(tonumber(o['t1'] or o['t']) or now_s)
-        m.t2 = tonumber(o['dt']) or 0
-        m.flags = with_status(m.flags, o['event']['status'])
+        m.code = o.code_id and math.min(o.code_id + 1, 65535) or 0
+        m.frags = o.fragments or m.frags
+        m.t1 = o.t1
+        m.t2 = o.dt
+        m.flags = with_status(m.flags, o.status)
         rec_write(cid, b, off, m)
         move(cid, ACCEPTED, state)
-        local e = o['event']
-        e['campaign_id'] = cid
-        e['message_id'] = cid .. '-' .. index
-        publish_as(stream, maxlen, cjson.encode(e), o['state'])
-        redis.call('DEL', orphan_key(bb))
-        redis.call('ZREM', orphans_by_pair(source, dest), bb)
-        redis.call('ZREM', ORPHANS, bb)
+        local e = kept_event(o, a, cid, index, now_s * 1000 + math.floor(tonumber(t[2]) / 1000))
+        e['type'] = o.state
+        e['didww_id'] = bb
+        publish(stream, maxlen, cjson.encode(e))
+        kept_forget(a)
         redis.call('HINCRBY', KEYS[3], 'orphans_joined', 1)
-        final = o['state']
+        final = o.state
         maybe_done(cid, now_s)
       else
         redis.call('ZADD', ACCEPTING, 'NX', now_s, cid .. '|' .. b)

@@ -23,6 +23,7 @@ from ledger.settings import Settings
 from ledger.store import Ledger
 from tests.integration.conftest import SOURCE, write_numbers
 from tests.unit.smsq_testing import accept as accept_message
+from tests.unit.smsq_testing import is_kept, kept_count
 
 # Distinctive, so a leak anywhere in the log is found by a substring search.
 TOKEN = "cbtok-Hq7wLk9Zr2"
@@ -470,7 +471,7 @@ def test_generated_bodies_get_200_or_4xx_and_only_valid_ones_count(make_stack, t
     assert unknown_hit and delta["orphans_kept"] >= len(unknown_hit)
     client = stack.redis()
     try:
-        assert all(client.mget([f"smsq:orphan:{i}" for i in unknown_hit]))
+        assert all(is_kept(client, i) for i in unknown_hit)
     finally:
         client.close()
 
@@ -511,7 +512,7 @@ def test_duplicates_late_failures_and_unknown_ids(make_stack, tmp_path: Path):
     assert status["trunk_status"]["orphan_callbacks_waiting"] == 1
     client = stack.redis()
     try:
-        assert 0 < client.ttl(f"smsq:orphan:{late}") <= 600
+        assert is_kept(client, late) and kept_count(client) == 1
         counters = stats(stack)
         assert counters["orphans_kept"] == 1 and counters["callbacks_applied"] == 2
         assert counters["callbacks_duplicate"] == 7
@@ -526,7 +527,7 @@ def test_duplicates_late_failures_and_unknown_ids(make_stack, tmp_path: Path):
     assert stack.status(cid)["counts"]["sent"] == 2
     client = stack.redis()
     try:
-        assert not client.exists(f"smsq:orphan:{late}")
+        assert not is_kept(client, late) and kept_count(client) == 0
         assert stats(stack)["orphans_joined"] == 1
     finally:
         client.close()
@@ -579,7 +580,7 @@ def test_bodies_over_64_kib_are_refused_without_being_read(make_stack):
     assert httpx.get(f"{stack.callbacks_url}/healthz").status_code == 200
     client = stack.redis()
     try:
-        assert client.keys("smsq:orphan:*") == []
+        assert kept_count(client) == 0
     finally:
         client.close()
 
@@ -609,3 +610,100 @@ def test_the_token_never_reaches_the_log(make_stack, tmp_path: Path):
         assert name in log, name
     for leak in (TOKEN, TOKEN[::-1], TOKEN.upper(), BAD_TOKEN_MARKER, "token=", "/callbacks?"):
         assert leak not in log, f"{leak!r} is in {proc.log_path}"
+
+
+# ------------------------------------------------------------------ forged ids at scale
+
+FORGED = 100_000
+ORPHANS_MAX = 20_000
+# What one kept callback may cost in Redis (issue 18: at most 200 bytes each).
+KEPT_BYTES = 200
+# Requests written on a connection before its answers are read.
+PIPELINE = 32
+
+
+async def _flood_connection(
+    host: str, port: int, bodies: list[bytes], results: Counter[str]
+) -> None:
+    """POST the bodies on one keep-alive connection, PIPELINE at a time (the ingester answers
+    in order), counting each answer's result."""
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (
+        f"POST /callbacks?token={TOKEN} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+        f"content-type: {JSONAPI}\r\n"
+    ).encode()
+    try:
+        for at in range(0, len(bodies), PIPELINE):
+            chunk = bodies[at : at + PIPELINE]
+            writer.write(
+                b"".join(b"%scontent-length: %d\r\n\r\n%s" % (head, len(b), b) for b in chunk)
+            )
+            for _ in chunk:
+                status = int((await reader.readuntil(b"\r\n")).split(b" ", 2)[1])
+                length = 0
+                while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                answer = await reader.readexactly(length)
+                results[json.loads(answer)["result"] if status == 200 else str(status)] += 1
+    finally:
+        writer.close()
+
+
+async def _flood(url: str, ids: list[str], connections: int = 8) -> Counter[str]:
+    """A valid callback under the right token for each id, as fast as the ingester answers:
+    a lean client (raw sockets, pipelined), so that the ingester, not the test, sets the pace."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    bodies = [json.dumps(doc(i)).encode() for i in ids]
+    results: Counter[str] = Counter()
+    await asyncio.gather(
+        *(
+            _flood_connection(host, int(port), bodies[n::connections], results)
+            for n in range(connections)
+        )
+    )
+    return results
+
+
+def test_a_flood_of_forged_ids_stays_within_the_bound_and_real_callbacks_settle(
+    make_stack, tmp_path: Path
+):
+    """100,000 valid callbacks under the right token for ids smsq never sent: Redis keeps
+    SMSQ_ORPHANS_MAX of them at most (the oldest dropped, counted), each within 200 bytes;
+    callbacks for real messages still settle them, before and after their 201."""
+    stack = make_stack(SMSQ_CALLBACK_TOKEN=TOKEN, SMSQ_ORPHANS_MAX=str(ORPHANS_MAX))
+    rng = random.Random(18)
+    cid, _ = campaign(stack, tmp_path / "n.csv", 20)
+    ids = [new_id(rng) for _ in range(20)]
+    accept(stack, cid, dict(enumerate(ids[:10])))
+    stack.start_callbacks()
+    client = stack.redis()
+    try:
+        before = int(client.info("memory")["used_memory"])
+        forged = [new_id(rng) for _ in range(FORGED)]
+        # The first ORPHANS_MAX fill what may be kept: Redis's cost of each is measured there.
+        first = asyncio.run(_flood(stack.callbacks_url, forged[:ORPHANS_MAX]))
+        full = int(client.info("memory")["used_memory"])
+        rest = asyncio.run(_flood(stack.callbacks_url, forged[ORPHANS_MAX:]))
+        after = int(client.info("memory")["used_memory"])
+        assert first == {"orphan": ORPHANS_MAX} and rest == {"orphan": FORGED - ORPHANS_MAX}
+        assert kept_count(client) == ORPHANS_MAX
+        counters = stats(stack)
+        assert counters["orphans_dropped"] == FORGED - ORPHANS_MAX
+        # The newest are the ones kept.
+        assert not is_kept(client, forged[0]) and is_kept(client, forged[-1])
+        per_kept = (full - before) / ORPHANS_MAX
+        assert per_kept <= KEPT_BYTES, f"{per_kept:.0f} bytes per kept callback"
+        # Five times as many forged ids later, Redis holds no more than it did with the bound.
+        assert after - before <= ORPHANS_MAX * KEPT_BYTES, (before, full, after)
+    finally:
+        client.close()
+
+    # Real callbacks: ten for messages whose 201 was recorded, ten that come before it.
+    with httpx.Client(base_url=stack.callbacks_url, timeout=10.0) as http:
+        assert [post(http, doc(i)).json()["result"] for i in ids[:10]] == ["applied"] * 10
+        assert [post(http, doc(i)).json()["result"] for i in ids[10:]] == ["orphan"] * 10
+    accept(stack, cid, {n: ids[n] for n in range(10, 20)})
+    assert stack.status(cid)["counts"]["sent"] == 20
+    print(f"forged ids: {per_kept:.0f} bytes per kept callback; {after - before:,} bytes in all")

@@ -158,3 +158,14 @@ async def accept(ledger: Ledger, cid: str, didww_id: str, index: int = 0) -> Rec
     recorded = await ledger.record([result], [])
     assert recorded.moved == [True], f"message {cid}-{index} was not accepted: {recorded}"
     return recorded
+
+
+def kept_count(client: Any) -> int:
+    """How many callbacks for unknown DIDWW ids the ledger keeps now (ledger/keys.py: kept)."""
+    return int(client.hget(keys.kept_info(), "count") or 0)
+
+
+def is_kept(client: Any, didww_id: str) -> bool:
+    """Whether a callback for this DIDWW id is kept (not yet joined or matched)."""
+    key, _ = records.id_key(didww_id)
+    return bool(client.hexists(keys.kept_bucket(key), key))

@@ -90,6 +90,7 @@ def test_the_issue_s_alerts_are_all_there() -> None:
         "smsq_callback_lag_seconds_count",
     }
     assert reads["SmsqNoWorkerUp"] == {"up"}
+    assert reads["SmsqKeptCallbacksDropped"] == {"smsq_callback_results"}
     assert reads["SmsqRedisMemoryHigh"] == {
         "smsq_redis_used_memory_bytes",
         "smsq_redis_maxmemory_bytes",

@@ -12,9 +12,11 @@ import itertools
 import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -38,9 +40,11 @@ from script_helpers import (
 )
 from smsq_testing import SOURCE, stored
 
+from callbacks.document import FINAL_STATES
 from ledger import keys, optouts, records
 from ledger.campaigns import Campaign
 from ledger.errors import InputError
+from ledger.reasons import SUCCESS_REASON
 from ledger.states import PENDING, CampaignState, Code, State, can_move
 from producer import control
 
@@ -62,9 +66,9 @@ def test_keys_built_in_lua_agree_with_keys_py(real_redis) -> None:
         real_redis,
         """return {campaign_key(ARGV[1]), counts_key(ARGV[1]), batch_key(ARGV[1], 7),
           fields_key(ARGV[1], 7), rawids_key(ARGV[1]), posted_key(ARGV[1]),
-          orphan_key(ARGV[2]), orphans_by_pair(ARGV[3], ARGV[4]),
+          kept_bucket(ARGV[5]), KEPT, KEPT_INFO,
           unknown_by_pair(ARGV[3], ARGV[4]), sending_by_pair(ARGV[3], ARGV[4]),
-          id_bucket(ARGV[5]), ORPHANS, STATS, ACCEPTING, RETENTION, PARKED, INFLIGHT}""",
+          id_bucket(ARGV[5]), STATS, ACCEPTING, RETENTION, PARKED, INFLIGHT}""",
         CID,
         did(1),
         SOURCE,
@@ -78,12 +82,12 @@ def test_keys_built_in_lua_agree_with_keys_py(real_redis) -> None:
         keys.fields(CID, 7),
         keys.raw_ids(CID),
         keys.posted(CID),
-        keys.orphan(did(1)),
-        keys.orphans_by_pair(SOURCE, dest(1)),
+        keys.kept_bucket(id_key),
+        keys.kept(),
+        keys.kept_info(),
         keys.unknown_by_pair(SOURCE, dest(1)),
         keys.sending_by_pair(SOURCE, dest(1)),
         keys.id_bucket(id_key),
-        keys.orphans(),
         keys.stats(),
         keys.accepting(),
         keys.retention(),
@@ -91,6 +95,28 @@ def test_keys_built_in_lua_agree_with_keys_py(real_redis) -> None:
         keys.inflight(),
     ]
     assert keys.id_bucket(id_key) == "smsq:ids:abc"
+    assert keys.kept_bucket(id_key) == "smsq:kept:abc"
+
+
+def test_the_success_reason_and_statuses_agree_with_python(real_redis) -> None:
+    reason, statuses = lua_common(
+        real_redis,
+        """local names = {}
+        for code, name in pairs(STATUS_NAMES) do names[#names + 1] = name end
+        table.sort(names)
+        return {SUCCESS_REASON, names}""",
+    )
+    assert reason.decode() == SUCCESS_REASON
+    assert sorted(s.decode() for s in statuses) == sorted(FINAL_STATES)
+
+
+@pytest.mark.parametrize(
+    "ms", [0, 1, 999, 951782400000, 1709164800123, 1733580000123, 4102444799999, 2**32 * 1000]
+)
+def test_kept_times_are_written_as_python_writes_them(real_redis, ms: int) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    python = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert lua_common(real_redis, "return iso_ms(tonumber(ARGV[1]), 3)", ms).decode() == python
 
 
 def test_states_flags_and_the_record_layout_agree_with_python(real_redis) -> None:

@@ -9,7 +9,6 @@ from script_helpers import (
     OWNER,
     TIME_END,
     TIME_START,
-    TIME_START_S,
     accepted,
     callback,
     claim,
@@ -25,7 +24,7 @@ from script_helpers import (
     states,
     unknown,
 )
-from smsq_testing import SOURCE, stored
+from smsq_testing import SOURCE, is_kept, kept_count, stored
 
 from ledger import keys, records
 from ledger.hotpath import Result
@@ -308,9 +307,7 @@ def test_a_callback_that_came_first_is_joined_when_the_id_is_recorded(
         2,
         "No rate found",
     )
-    assert real_redis.exists(keys.orphan(did(1))) == 0
-    assert real_redis.zcard(keys.orphans()) == 0
-    assert real_redis.exists(keys.orphans_by_pair(SOURCE, dest(1))) == 0
+    assert not is_kept(real_redis, did(1)) and kept_count(real_redis) == 0
     # Settled at once: nothing waits for its callback.
     assert real_redis.zcard(keys.accepting()) == 0
     assert real_redis.hgetall(keys.stats()) == {
@@ -320,19 +317,20 @@ def test_a_callback_that_came_first_is_joined_when_the_id_is_recorded(
     }
 
 
-def test_a_kept_callback_is_stored_with_a_ttl_and_publishes_nothing(
-    real_ledger, real_redis, settings
+def test_a_kept_callback_is_stored_compactly_in_order_and_publishes_nothing(
+    real_ledger, real_redis
 ) -> None:
     async def go(ledger):
         return await ledger.apply_callback(callback(did(5), status="Failed", code_id=1))
 
     assert run(real_ledger, go) == "orphan"
     assert read_events(real_redis) == []
-    assert 0 < real_redis.ttl(keys.orphan(did(5))) <= settings.orphan_ttl_s
-    assert real_redis.zscore(keys.orphans_by_pair(SOURCE, "37060000000"), did(5)) == pytest.approx(
-        TIME_START_S + 0.45
-    )
-    assert real_redis.zscore(keys.orphans(), did(5)) is not None
+    assert is_kept(real_redis, did(5)) and kept_count(real_redis) == 1
+    key, _ = records.id_key(did(5))
+    [(_, entry)] = real_redis.xrange(keys.kept())
+    assert entry == {b"k": key}
+    # Its values, not the whole event: about 60 bytes.
+    assert len(real_redis.hget(keys.kept_bucket(key), key)) <= 80
 
 
 # --- callback.lua ---------------------------------------------------------------------------

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Exchange, Queue
 
+# Imported for what it does: kombu's redis, rediss and sentinel schemes name smsq's
+# transports, safe for a full Redis (docs/reliability.md "A full Redis").
+from dispatch import broker  # noqa: F401
 from ledger import connection, keys
 from ledger.settings import Settings
 

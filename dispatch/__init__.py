@@ -37,7 +37,8 @@ def _queue(name: str) -> Queue:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for side-effecting tasks (docs/architecture.md D9)."""
     broker_url, sentinel_options = connection.broker(settings)
-    return {
+    tls = connection.broker_ssl(settings)
+    return ({"broker_use_ssl": tls} if tls else {}) | {
         "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {

@@ -145,6 +145,17 @@ def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
     return url, options
 
 
+def broker_ssl(settings: Settings) -> dict[str, Any] | None:
+    """Celery's broker_use_ssl for a rediss:// URL through Sentinel: kombu's Sentinel
+    transport opens TLS connections to the primary only when given this (a redis:// broker URL
+    carries its TLS options itself). The ssl_* options of SMSQ_REDIS_URL, certificates
+    required unless it says otherwise. None without TLS or without Sentinel."""
+    if not settings.redis_sentinels or urlsplit(settings.redis_url).scheme != "rediss":
+        return None
+    found = {k: v for k, v in _url_options(settings).items() if k.startswith("ssl_")}
+    return {"ssl_cert_reqs": "required", **found}
+
+
 def describe(settings: Settings) -> str:
     """Where Redis is, for logs and errors, without its password."""
     if settings.redis_sentinels:

@@ -86,6 +86,48 @@ def test_the_broker_url_names_every_sentinel_with_the_urls_password_and_database
     assert connection.broker(plain) == ("redis://h:6379/1", {})
 
 
+def test_a_rediss_url_through_sentinel_makes_kombu_open_tls_connections_to_the_primary() -> None:
+    """kombu's Sentinel transport uses TLS only when Celery's broker_use_ssl says so: the
+    celery config carries the URL's ssl_* options, and kombu's channel then picks its
+    Sentinel-managed SSL connection class with them (no server needed to read that)."""
+    from celery import Celery
+    from kombu.transport.redis import SentinelChannel, SentinelManagedSSLConnection
+
+    from dispatch import celery_config
+
+    settings = load_settings(
+        _env_file=None,
+        redis_url="rediss://:pw@ignored:6380/2?ssl_ca_certs=/etc/ssl/redis-ca.pem",
+        redis_sentinels=SENTINELS,
+        redis_master_name="smsq",
+    )
+    assert connection.broker_ssl(settings) == {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": "/etc/ssl/redis-ca.pem",
+    }
+    config = celery_config(settings)
+    assert config["broker_use_ssl"] == connection.broker_ssl(settings)
+    app = Celery("tls-test")
+    app.config_from_object(config)
+    with app.connection_for_write() as conn:
+        # A channel that has not connected (its __init__ would): what it would connect with.
+        channel = SentinelChannel.__new__(SentinelChannel)
+        channel.connection = conn.transport
+        params = channel._connparams()
+        assert params["connection_class"] is SentinelManagedSSLConnection
+        assert params["ssl_ca_certs"] == "/etc/ssl/redis-ca.pem"
+    # Without TLS, or without Sentinel, nothing is added.
+    for url, sentinels in (("redis://:pw@h:6379/2", SENTINELS), ("rediss://h:6380/0", "")):
+        other = load_settings(
+            _env_file=None,
+            redis_url=url,
+            redis_sentinels=sentinels,
+            redis_master_name="smsq" if sentinels else "",
+        )
+        assert connection.broker_ssl(other) is None
+        assert "broker_use_ssl" not in celery_config(other)
+
+
 def test_the_sentinel_password_is_a_secret_and_never_described() -> None:
     settings = load_settings(
         _env_file=None,

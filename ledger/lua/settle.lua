@@ -23,7 +23,7 @@ kept_trim(now_ms, tonumber(ARGV[5]), tonumber(ARGV[7]), 1000)
 redis.call('DEL', P .. 'orphans')
 local cursor = redis.call('HGET', KEPT_INFO, 'cursor') or '-'
 local due = redis.call('XRANGE', KEPT, cursor == '-' and '-' or '(' .. cursor,
-  now_ms - after * 1000, 'COUNT', ARGV[6])
+  num(math.floor(now_ms - after * 1000)), 'COUNT', ARGV[6])
 redis.call('HSET', KEPT_INFO, 'cursor', #due < tonumber(ARGV[6]) and '-' or due[#due][1])
 for _, entry in ipairs(due) do
   local idkey = entry[2][2]

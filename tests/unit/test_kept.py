@@ -149,3 +149,14 @@ def test_a_joined_callback_leaves_the_stream_on_the_next_settle_pass(
 
     assert run(real_ledger, go) == 0
     assert kept_count(real_redis) == 0 and real_redis.xlen(keys.kept()) == 0
+
+
+def test_the_settle_pass_takes_a_delay_in_fractions_of_a_second(real_ledger, real_redis) -> None:
+    """settle_after is the read timeout plus the housekeeping interval: any float."""
+
+    async def go(ledger: Ledger) -> int:
+        await ledger.apply_callback(callback(did(1)))
+        return await ledger.settle_orphans(0.0125)
+
+    assert run(real_ledger, go) == 0
+    assert is_kept(real_redis, did(1))

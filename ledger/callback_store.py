@@ -89,6 +89,14 @@ class CallbackStore(LedgerCore):
         applied, late (it settled an unconfirmed or unknown message), orphan (kept: for its
         201, or to be matched by settle_orphans, both only to a message of that trunk),
         duplicate, forbidden (the message is another trunk's) or missing."""
+        # Durably: DIDWW does not send a callback again once it got its 200 (NotReplicated
+        # is a RedisError: the ingester answers 503 and DIDWW retries).
+        reply = await self.durably("callback", *self.callback_call(update, trunk))
+        first = reply[0]
+        return first.decode() if isinstance(first, bytes) else str(first)
+
+    def callback_call(self, update: CallbackUpdate, trunk: str = "") -> tuple[list[str], list[Any]]:
+        """The keys and arguments of callback.lua for this callback (apply_callback runs it)."""
         event = update.event
         key, raw = records.id_key(update.didww_id)
         code_id = event.get("code_id")
@@ -104,10 +112,7 @@ class CallbackStore(LedgerCore):
             | start_digits * KEPT_START_DIGITS
             | end_digits * KEPT_END_DIGITS
         )
-        # Durably: DIDWW does not send a callback again once it got its 200 (NotReplicated
-        # is a RedisError: the ingester answers 503 and DIDWW retries).
-        reply = await self.durably(
-            "callback",
+        return (
             [self.stream, keys.stats()],
             [
                 update.final_state,
@@ -134,5 +139,3 @@ class CallbackStore(LedgerCore):
                 end_text,
             ],
         )
-        first = reply[0]
-        return first.decode() if isinstance(first, bytes) else str(first)

@@ -24,7 +24,9 @@ redis.call('DEL', P .. 'orphans')
 local cursor = redis.call('HGET', KEPT_INFO, 'cursor') or '-'
 local due = redis.call('XRANGE', KEPT, cursor == '-' and '-' or '(' .. cursor,
   num(math.floor(now_ms - after * 1000)), 'COUNT', ARGV[6])
-redis.call('HSET', KEPT_INFO, 'cursor', #due < tonumber(ARGV[6]) and '-' or due[#due][1])
+local next_cursor = #due < tonumber(ARGV[6]) and '-' or due[#due][1]
+-- Written only when it moves: a pass with nothing kept writes nothing.
+if next_cursor ~= cursor then redis.call('HSET', KEPT_INFO, 'cursor', next_cursor) end
 for _, entry in ipairs(due) do
   local idkey = entry[2][2]
   local kept = kept_get(idkey)

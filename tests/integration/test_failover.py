@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import json
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +34,10 @@ from ledger.campaigns import Campaign
 from ledger.records import iter_batch
 from ledger.states import TERMINAL
 from ops.ha import RedisHA
-from ops.stack import START_TIMEOUT_S, Proc, RedisServer, free_port, wait_for
+from ops.stack import Proc, RedisServer
 from tests.integration.conftest import SOURCE, HATestStack, write_numbers
+from tests.integration.test_http_api import start_api
 
-API_TOKEN = "failover-api-token-0123456789"
 NUMBERS = 3000
 RATE_PER_S = 200
 # The primary dies once this share of the numbers reached the simulator.
@@ -81,28 +80,6 @@ class Kill:
     server: RedisServer
 
 
-def start_api(stack: HATestStack, request: pytest.FixtureRequest) -> tuple[Proc, httpx.Client]:
-    """python -m producer.http on a free port, stopped when the test ends; a client for it
-    whose requests give up after 2 s (an API stuck on a dead primary counts as no answer)."""
-    port = free_port()
-    argv = [sys.executable, "-m", "producer.http", "--host", "127.0.0.1", "--port", str(port)]
-    proc = Proc("api", argv, stack.env(SMSQ_API_TOKEN=API_TOKEN), stack.workdir / "api.log")
-    proc.start()
-    request.addfinalizer(proc.stop)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        proc.check_alive()
-        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
-
-    wait_for(healthy, START_TIMEOUT_S, "the HTTP API")
-    client = httpx.Client(
-        base_url=url, headers={"authorization": f"Bearer {API_TOKEN}"}, timeout=2.0
-    )
-    request.addfinalizer(client.close)
-    return proc, client
-
-
 def start_stack(
     make_ha_stack: Callable[..., HATestStack], request: pytest.FixtureRequest
 ) -> tuple[HATestStack, Proc, httpx.Client]:
@@ -117,10 +94,12 @@ def start_stack(
     # Both workers and the API come up at once: a cold Celery worker takes seconds.
     with ThreadPoolExecutor(3) as pool:
         workers = [pool.submit(stack.start_worker, name, concurrency=2) for name in ("a", "b")]
-        api = pool.submit(start_api, stack, request)
+        # Its requests give up after 2 s: an API stuck on a dead primary counts as no answer.
+        api = pool.submit(start_api, stack, request, 2.0)
         for started in workers:
             started.result()
-        return (stack, *api.result())
+        proc, client, _ = api.result()
+        return stack, proc, client
 
 
 def kill_when_reached(stack: HATestStack, count: int) -> Kill:

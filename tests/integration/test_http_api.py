@@ -18,8 +18,11 @@ from tests.integration.conftest import SOURCE
 API_TOKEN = "it-api-token-SECRET-7f3a"
 
 
-def start_api(stack: Stack, request: pytest.FixtureRequest) -> tuple[Proc, httpx.Client, str]:
-    """The API process on a free port, stopped when the test ends, and a client for it."""
+def start_api(
+    stack: Stack, request: pytest.FixtureRequest, timeout_s: float = 30.0
+) -> tuple[Proc, httpx.Client, str]:
+    """The API process on a free port, stopped when the test ends, and a client for it whose
+    requests give up after timeout_s."""
     port = free_port()
     argv = [sys.executable, "-m", "producer.http", "--host", "127.0.0.1", "--port", str(port)]
     env = stack.env(SMSQ_API_TOKEN=API_TOKEN)
@@ -33,7 +36,7 @@ def start_api(stack: Stack, request: pytest.FixtureRequest) -> tuple[Proc, httpx
 
     wait_for(healthy, START_TIMEOUT_S, "the HTTP API")
     client = httpx.Client(
-        base_url=url, headers={"authorization": f"Bearer {API_TOKEN}"}, timeout=30.0
+        base_url=url, headers={"authorization": f"Bearer {API_TOKEN}"}, timeout=timeout_s
     )
     request.addfinalizer(client.close)
     return proc, client, url

@@ -160,3 +160,9 @@ def test_the_settle_pass_takes_a_delay_in_fractions_of_a_second(real_ledger, rea
 
     assert run(real_ledger, go) == 0
     assert is_kept(real_redis, did(1))
+
+
+def test_a_settle_pass_with_nothing_kept_writes_nothing(real_ledger, real_redis) -> None:
+    """The supervisors run it every few seconds on every Redis: it must not create keys."""
+    assert run(real_ledger, lambda ledger: ledger.settle_orphans(0)) == 0
+    assert real_redis.dbsize() == 0

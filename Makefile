@@ -14,14 +14,15 @@ demo: $(STAMP)
 	@[ -n "$$SMSQ_REDIS_URL" ] || ops/require-redis.sh
 	@$(BIN)/python -m ops.demo
 
-# Three test processes for most tests (pytest-xdist, work stealing: the integration tests
-# wait on real time more than they compute; four made timing-sensitive tests fail here),
+# Three test processes for most tests (pytest-xdist: the integration tests wait on real time
+# more than they compute; work stealing, or four processes, packed more stacks together and
+# made timing-sensitive tests fail here),
 # then the tests that assert timing or the rate at the simulator alone: beside another stack
 # on 2 cores, CPU contention alone can delay a request by more than the rate window allows.
 test: $(STAMP)
 	@ops/require-redis.sh
 	@$(BIN)/ruff check .
-	@$(BIN)/python -m pytest -n 3 --dist worksteal -m "not serial" --durations=12
+	@$(BIN)/python -m pytest -n 3 -m "not serial" --durations=12
 	@$(BIN)/python -m pytest -m serial
 
 # The benchmark against the simulator (about 12 minutes on 2 cores; ARGS="--only enqueue"

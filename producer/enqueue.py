@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from dispatch import celery_config, send
+from dispatch import celery_config, declare_queues, send
 from ledger import campaigns, connection, events, keys, optouts, records
 from ledger.campaigns import Campaign
 from ledger.enqueuing import ENQUEUE_STALL_S, IDEMPOTENCY_TTL_S
@@ -470,6 +470,7 @@ class Producer:
             chunk = dict(list(parked.items())[start : start + 1000])
             self.redis.zadd(keys.parked(), chunk)
         with self.celery.producer_or_acquire() as producer:
+            declare_queues(producer)
             # kombu before 5.7 (allowed by celery>=5.4) has no Producer.batch: publish one by one.
             batch = getattr(producer, "batch", None)
             with batch(max_size=PUBLISH_CHUNK_COMMANDS) if batch else contextlib.nullcontext():

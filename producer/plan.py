@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -178,6 +179,18 @@ def _require_utf8(label: str, value: str) -> None:
         ) from None
 
 
+@dataclass(slots=True)
+class Texts:
+    """What Planner._render found: the recipients kept and their texts' measures."""
+
+    kept: list[int]
+    segments: dict[int, int]
+    values: dict[int, str]
+    encodings: collections.Counter[str]
+    distribution: collections.Counter[int]
+    longest: str
+
+
 class Planner:
     """Validates a campaign against the settings (and the opt-out list, in Redis)."""
 
@@ -236,13 +249,105 @@ class Planner:
         rate = RateParams.of(trunk_config.rate_limit, settings.rate_headroom, settings.rate_unit)
 
         rejections = list(numbers.rejections)
+        # The opt-out check needs only the numbers: Redis runs it while this thread renders the
+        # texts (1.4 s of a million ten-field recipients' enqueue that no longer adds to it,
+        # docs/performance.md "Enqueue").
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smsq-optouts") as pool:
+            listed = pool.submit(self._on_list, numbers)
+            texts = self._render(template, numbers, rejections)
+            kept, segments, values = texts.kept, texts.segments, texts.values
+            encodings, distribution = texts.encodings, texts.distribution
+            groups = self._groups(numbers, kept, window, fallback, start, expires_at, rejections)
+            on_list = listed.result()
+        rejections.sort(key=lambda r: r.line)
+        live = [i for g in groups for i in g.members]
+        suppressed = [i for i in live if i in on_list] if on_list else []
+        if suppressed:
+            gone = set(suppressed)
+            for g in groups:
+                g.members = [i for i in g.members if i not in gone]
+            for i in suppressed:
+                distribution[segments[i]] -= 1
+            distribution += collections.Counter()  # drop zero counts
+        order = [i for g in groups for i in g.members]
+        if not order and not suppressed:
+            raise InputError(f"no valid destination number ({len(rejections)} rejected)")
+        return Plan(
+            source=source,
+            template=template,
+            name=options.name or "",
+            trunk=trunk,
+            # Urgent means now: a schedule or quiet hours make the urgent lane pointless.
+            priority=(options.priority or len(order) == 1) and not send_at and window is None,
+            created_at=now,
+            expires_at=expires_at,
+            send_at=send_at,
+            window=str(window) if window else "",
+            timezone=fallback or "",
+            parent=options.parent or "",
+            order=order,
+            groups=groups,
+            suppressed=suppressed,
+            numbers=numbers,
+            segments=segments,
+            values=values,
+            rejections=rejections,
+            encodings=encodings,
+            distribution=distribution,
+            longest=texts.longest,
+            rate=rate,
+        )
+
+    def _groups(
+        self,
+        numbers: NumbersResult,
+        kept: Sequence[int],
+        window: Any,
+        fallback: str | None,
+        start: float,
+        end: float,
+        rejections: list[Rejection],
+    ) -> list[Group]:
+        """Recipients by the time zones they share (one group when there are no quiet hours);
+        those whose window never opens before the campaign expires are rejected."""
+        if window is None:
+            return [Group((), [], list(kept))]
+        by_zones: dict[tuple[str, ...], Group] = {}
+        for i in kept:
+            number = numbers.numbers[i]
+            line = numbers.line_of[i] if numbers.line_of else i + 1
+            try:
+                zones = zones_for_number(number, fallback)
+            except UnplaceableNumber as exc:
+                rejections.append(Rejection(line, number, str(exc)))
+                continue
+            group = by_zones.get(zones)
+            if group is None:
+                intervals = open_intervals(window, zones, start, end)
+                group = by_zones[zones] = Group(zones, intervals)
+                # No open hour before the campaign expires: its messages will expire (they
+                # are not refused); zones that never share an hour of the window are.
+                group.never = not intervals and not open_intervals(
+                    window, zones, start, start + 2 * DAY_S
+                )
+            if group.never:
+                rejections.append(Rejection(line, number, NO_SHARED_HOUR_REASON))
+                continue
+            group.members.append(i)
+        return [g for g in by_zones.values() if g.members]
+
+    def _render(
+        self, template: Template, numbers: NumbersResult, rejections: list[Rejection]
+    ) -> Texts:
+        """Each recipient's text, measured: those whose text cannot be made (a field missing)
+        or needs more than SMSQ_MAX_SEGMENTS segments are added to `rejections`."""
         kept: list[int] = []
         segments: dict[int, int] = {}
         values: dict[int, str] = {}
         encodings: collections.Counter[str] = collections.Counter()
         distribution: collections.Counter[int] = collections.Counter()
         longest = ""
-        limit = settings.max_segments
+        limit = self.settings.max_segments
         if template.is_plain:
             info = segment_info(template.render_values(()))
             if info.segments > limit:
@@ -309,90 +414,11 @@ class Planner:
                 units = list(map(attrgetter("units"), infos))
                 first_longest = kept[units.index(max(units))]
                 longest = render(rows[first_longest].split(FIELD_SEPARATOR))
+        return Texts(kept, segments, values, encodings, distribution, longest)
 
-        groups = self._groups(numbers, kept, window, fallback, start, expires_at, rejections)
-        rejections.sort(key=lambda r: r.line)
-        live = [i for g in groups for i in g.members]
-        suppressed = self._opted_out(numbers, live)
-        if suppressed:
-            gone = set(suppressed)
-            for g in groups:
-                g.members = [i for i in g.members if i not in gone]
-            for i in suppressed:
-                distribution[segments[i]] -= 1
-            distribution += collections.Counter()  # drop zero counts
-        order = [i for g in groups for i in g.members]
-        if not order and not suppressed:
-            raise InputError(f"no valid destination number ({len(rejections)} rejected)")
-        return Plan(
-            source=source,
-            template=template,
-            name=options.name or "",
-            trunk=trunk,
-            # Urgent means now: a schedule or quiet hours make the urgent lane pointless.
-            priority=(options.priority or len(order) == 1) and not send_at and window is None,
-            created_at=now,
-            expires_at=expires_at,
-            send_at=send_at,
-            window=str(window) if window else "",
-            timezone=fallback or "",
-            parent=options.parent or "",
-            order=order,
-            groups=groups,
-            suppressed=suppressed,
-            numbers=numbers,
-            segments=segments,
-            values=values,
-            rejections=rejections,
-            encodings=encodings,
-            distribution=distribution,
-            longest=longest,
-            rate=rate,
-        )
-
-    def _groups(
-        self,
-        numbers: NumbersResult,
-        kept: Sequence[int],
-        window: Any,
-        fallback: str | None,
-        start: float,
-        end: float,
-        rejections: list[Rejection],
-    ) -> list[Group]:
-        """Recipients by the time zones they share (one group when there are no quiet hours);
-        those whose window never opens before the campaign expires are rejected."""
-        if window is None:
-            return [Group((), [], list(kept))]
-        by_zones: dict[tuple[str, ...], Group] = {}
-        for i in kept:
-            number = numbers.numbers[i]
-            line = numbers.line_of[i] if numbers.line_of else i + 1
-            try:
-                zones = zones_for_number(number, fallback)
-            except UnplaceableNumber as exc:
-                rejections.append(Rejection(line, number, str(exc)))
-                continue
-            group = by_zones.get(zones)
-            if group is None:
-                intervals = open_intervals(window, zones, start, end)
-                group = by_zones[zones] = Group(zones, intervals)
-                # No open hour before the campaign expires: its messages will expire (they
-                # are not refused); zones that never share an hour of the window are.
-                group.never = not intervals and not open_intervals(
-                    window, zones, start, start + 2 * DAY_S
-                )
-            if group.never:
-                rejections.append(Rejection(line, number, NO_SHARED_HOUR_REASON))
-                continue
-            group.members.append(i)
-        return [g for g in by_zones.values() if g.members]
-
-    def _opted_out(self, numbers: NumbersResult, candidates: Sequence[int]) -> list[int]:
-        """The candidates on the opt-out list (ledger.optouts.on_list: a script call per
-        CHECK_CHUNK numbers; none when the list is empty, as its count says)."""
-        if not candidates or not optouts.listed(self.redis):
-            return []
-        every = numbers.numbers
-        found = optouts.on_list(self.redis, [every[i] for i in candidates])
-        return [candidates[p] for p in found]
+    def _on_list(self, numbers: NumbersResult) -> set[int]:
+        """The recipients (their indexes) on the opt-out list (ledger.optouts.on_list: a script
+        call per CHECK_CHUNK numbers; none when the list is empty, as its count says)."""
+        if not numbers.numbers or not optouts.listed(self.redis):
+            return set()
+        return set(optouts.on_list(self.redis, numbers.numbers))

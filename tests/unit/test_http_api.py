@@ -42,11 +42,15 @@ class FakeCelery:
         self.sent: list[tuple[str, list[Any], str]] = []
         self.kwargs: list[dict[str, Any]] = []
         self.fail = fail
+        self.declared: set[str] = set()
         self.error = error or ConnectionError("broker unreachable")
 
     @contextlib.contextmanager
-    def producer_or_acquire(self) -> Iterator[None]:
-        yield None
+    def producer_or_acquire(self) -> Iterator[FakeCelery]:
+        yield self
+
+    def maybe_declare(self, queue: Any) -> None:
+        self.declared.add(queue.name)
 
     def send_task(
         self,
@@ -56,10 +60,16 @@ class FakeCelery:
         queue: str,
         producer: Any,
         shadow: str,
+        argsrepr: str,
+        kwargsrepr: str,
+        declare: tuple[Any, ...],
     ) -> None:
         if self.fail:
             raise self.error
         assert shadow == f"{name}[{kwargs['trunk']}]"
+        # Flower's texts as Celery would make them; the queues declared once, before.
+        assert (argsrepr, kwargsrepr) == (repr(args), repr(kwargs))
+        assert declare == () and queue in self.declared
         self.sent.append((name, args, queue))
         self.kwargs.append(kwargs)
 

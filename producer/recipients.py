@@ -1,4 +1,5 @@
-"""Reading a recipients file: one number per line, or a CSV with a phone-number column.
+"""Reading a recipients file (or standard input): one number per line, or a CSV with a
+phone-number column.
 
 The file is streamed once; bad lines become rejections, and only a file that cannot be used
 at all raises RecipientsFileError.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ledger.errors import InputError
 from producer.numbers import (
@@ -24,9 +26,9 @@ from producer.numbers import (
     too_many_fields,
 )
 
-# Header names (case-insensitive) that mark the column holding the numbers, in the order the
-# error message lists them.
-COLUMN_NAMES = ("destination", "phone", "number", "msisdn")
+# Header names that mark the column holding the numbers, in the order the error message lists
+# them; "phone number" is GOV.UK Notify's. Compared as column_key() makes them.
+COLUMN_NAMES = ("destination", "phone", "phone number", "number", "msisdn")
 # What spreadsheets export: comma, semicolon (locales with a decimal comma) and tab.
 DELIMITERS = (",", ";", "\t")
 # Enough of the file's start to catch a binary file before looking for its first line break.
@@ -41,18 +43,26 @@ class _BinaryContent(Exception):
     """A NUL byte was found; turned into RecipientsFileError at the one place that names files."""
 
 
-def read_recipients(path: str | Path) -> NumbersResult:
-    """Read the numbers in `path`, a one-per-line list or a CSV with a recognised column."""
-    name = str(path)
-    label = f"recipients file '{name}'"
+def column_key(name: str) -> str:
+    """A column name as it is compared: GOV.UK Notify's rule, so case, spaces, underscores and
+    hyphens do not count ("Phone Number", "phone_number" and "phonenumber" are one column)."""
+    return "".join(name.split()).replace("_", "").replace("-", "").lower()
+
+
+def read_recipients(source: str | Path | BinaryIO, column: str | None = None) -> NumbersResult:
+    """Read the numbers in `source` (a path, or a binary stream such as standard input): a
+    one-per-line list, or a CSV whose number column is `column` or else a recognised one."""
+    if isinstance(source, str | Path):
+        label = f"recipients file '{source}'"
+    else:
+        # A stream without a name is taken for standard input (click's test runner gives one).
+        name = getattr(source, "name", "<stdin>")
+        label = "recipients on standard input" if name == "<stdin>" else f"recipients '{name}'"
     try:
-        with open(path, "rb") as raw:
-            if b"\0" in raw.peek(SNIFF_BYTES):
-                raise _BinaryContent
-            # newline="" keeps "\r\n" inside quoted CSV fields intact while still ending
-            # lines at "\n", "\r\n" or "\r"; utf-8-sig drops the BOM Excel writes.
-            with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
-                return _read(text, label)
+        if not isinstance(source, str | Path):
+            return _read_stream(source, label, column)
+        with open(source, "rb") as raw:
+            return _read_stream(raw, label, column)
     except FileNotFoundError as exc:
         raise RecipientsFileError(f"{label} does not exist") from exc
     except IsADirectoryError as exc:
@@ -65,12 +75,37 @@ def read_recipients(path: str | Path) -> NumbersResult:
         raise RecipientsFileError(f"{label} cannot be read: {exc.strerror or exc}") from exc
 
 
-def _read(text: io.TextIOWrapper, label: str) -> NumbersResult:
+def _read_stream(raw: BinaryIO, label: str, column: str | None) -> NumbersResult:
+    # A stream without peek() (an in-memory one) is still checked line by line.
+    peek = getattr(raw, "peek", None)
+    if peek is not None and b"\0" in peek(SNIFF_BYTES):
+        raise _BinaryContent
+    # newline="" keeps "\r\n" inside quoted CSV fields intact while still ending lines at
+    # "\n", "\r\n" or "\r"; utf-8-sig drops the BOM Excel writes.
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    try:
+        return _read(text, label, column)
+    finally:
+        # The caller owns the stream: reading it must not close it (standard input).
+        text.detach()
+
+
+def _read(text: io.TextIOWrapper, label: str, wanted: str | None) -> NumbersResult:
     first_line, first = _first_content(text)
     if not first:
         raise RecipientsFileError(f"{label} is empty")
-    is_number = _is_number(first)
-    column = None if is_number else _find_column(first)
+    if wanted is not None:
+        column = _named_column(first, wanted)
+        if column is None:
+            found = ", ".join(repr(c.strip()) for c in _cells(first))
+            raise RecipientsFileError(
+                f"{label} has no column named {wanted!r}; the columns of its header "
+                f"(line {first_line}) are {found}"
+            )
+        is_number = False
+    else:
+        is_number = _is_number(first)
+        column = None if is_number else _find_column(first)
     if column is not None:
         delimiter, index, column_name = column
         # The other columns are the recipients' fields, for a templated text.
@@ -165,16 +200,35 @@ def _read_rows(
         # Rows with no content at all (blank lines, Excel's ";;;") are skipped like blank lines.
 
 
+_COLUMN_KEYS = frozenset(column_key(name) for name in COLUMN_NAMES)
+
+
 def _find_column(header: str) -> tuple[str, int, str] | None:
     """Delimiter, index and name of the number column if `header` is a CSV header row."""
+    return _column_where(header, lambda key: key in _COLUMN_KEYS)
+
+
+def _named_column(header: str, wanted: str) -> tuple[str, int, str] | None:
+    """Delimiter, index and name of the column named `wanted` (--column) in `header`."""
+    key = column_key(wanted)
+    return _column_where(header, key.__eq__)
+
+
+def _column_where(header: str, matches: Callable[[str], bool]) -> tuple[str, int, str] | None:
     # The delimiter the header uses most is tried first; a lone "phone" header splits the same
     # way under all of them.
     for delimiter in sorted(DELIMITERS, key=header.count, reverse=True):
         cells = next(csv.reader([header], delimiter=delimiter))
         for index, cell in enumerate(cells):
-            if cell.strip().lower() in COLUMN_NAMES:
+            if matches(column_key(cell)):
                 return delimiter, index, cell.strip()
     return None
+
+
+def _cells(header: str) -> list[str]:
+    """The header's cells, split at the delimiter it uses most."""
+    delimiter = max(DELIMITERS, key=header.count)
+    return next(csv.reader([header], delimiter=delimiter))
 
 
 def _check_text(line: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,67 @@ def test_csv_with_each_recognised_column(tmp_path: Path, column: str) -> None:
 def test_column_names_ignore_case_and_spaces(tmp_path: Path, header: str) -> None:
     path = write(tmp_path, f"name,{header}\nAnn,{UK}\n")
     assert read_recipients(path).numbers == [UK]
+
+
+@pytest.mark.parametrize(
+    "header", ["phone number", "Phone Number", " PHONE  NUMBER ", "phone_number", "Phone-Number"]
+)
+def test_notify_phone_number_header(tmp_path: Path, header: str) -> None:
+    # GOV.UK Notify's CSV: its number column is "phone number", compared as Notify does.
+    path = write(tmp_path, f"{header},name\n+44 20 7946 0958,Ann\n{FR},Bob\n")
+    result = read_recipients(path)
+    assert result.numbers == [UK, FR]
+    assert result.columns == ("name",)
+
+
+def test_a_named_column_is_read_whatever_the_others(tmp_path: Path) -> None:
+    path = write(tmp_path, f"phone,Mobile Phone\n{FR},{UK}\n")
+    result = read_recipients(path, column="mobile phone")
+    assert result.numbers == [UK]
+    # The recognised name the column did not pick is a field like any other.
+    assert result.columns == ("phone",)
+
+
+def test_a_named_column_that_is_missing_lists_the_columns(tmp_path: Path) -> None:
+    path = write(tmp_path, f"\nname;phone;city\nAnn;{UK};London\n")
+    with pytest.raises(RecipientsFileError) as caught:
+        read_recipients(path, column="mobile")
+    assert str(caught.value) == (
+        f"recipients file '{path}' has no column named 'mobile'; the columns of its header "
+        "(line 2) are 'name', 'phone', 'city'"
+    )
+
+
+def test_a_named_column_needs_a_header(tmp_path: Path) -> None:
+    path = write(tmp_path, f"{UK}\n{FR}\n")
+    with pytest.raises(RecipientsFileError, match=f"no column named 'phone'.* are '{UK}'"):
+        read_recipients(path, column="phone")
+
+
+def test_a_stream_is_read_and_left_open() -> None:
+    stream = io.BytesIO(f"name,phone\nAnn,{UK}\nBob,bad\n".encode())
+    result = read_recipients(stream)
+    assert result.numbers == [UK]
+    assert result.rejections == [Rejection(3, "bad", "contains 'b', which is not a digit")]
+    assert not stream.closed
+
+
+def test_a_stream_of_numbers_with_a_named_column() -> None:
+    stream = io.BytesIO(f"Tel\n{UK}\n{FR}\n".encode())
+    assert read_recipients(stream, column="tel").numbers == [UK, FR]
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        (b"", "recipients on standard input is empty"),
+        (b"\x00\x01PK", "recipients on standard input is not a UTF-8 text file"),
+        (UK.encode() + b"\ncaf\xe9\n", "recipients on standard input is not a UTF-8 text file"),
+    ],
+)
+def test_unusable_standard_input_says_so(content: bytes, phrase: str) -> None:
+    with pytest.raises(RecipientsFileError, match=phrase):
+        read_recipients(io.BytesIO(content))
 
 
 def test_first_recognised_column_wins(tmp_path: Path) -> None:
@@ -196,7 +258,10 @@ def test_file_of_only_bad_lines_is_not_an_error(tmp_path: Path) -> None:
         (UK.encode() + b"\n" * 9000 + b"\x00\n", "not a UTF-8 text file (binary?)"),
         (b"\xff\xfe4\x004\x00", "not a UTF-8 text file (binary?)"),
         (UK.encode() + b"\n" + b"caf\xe9\n", "not a UTF-8 text file (binary?)"),
-        (b"name,email\nAnn,a@example.com\n", "no column named destination, phone, number or"),
+        (
+            b"name,email\nAnn,a@example.com\n",
+            "no column named destination, phone, phone number, number or msisdn",
+        ),
         (b"nom;t\xc3\xa9l\xc3\xa9phone\n", "header (line 1)"),
     ],
 )

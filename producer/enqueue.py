@@ -331,10 +331,14 @@ class Producer:
         if found.get("digest") != digest:
             raise InputError(
                 "this idempotency key was used within 24 hours for a different campaign "
-                f"({found['cid']}); use a new key for a new campaign"
+                f"({found['cid']}); use a new key for a new campaign",
+                code="idempotency_conflict",
             )
         if found.get("done") and self.redis.exists(keys.campaign(found["cid"])) == 0:
-            raise InputError(f"this idempotency key's campaign {found['cid']} was already purged")
+            raise InputError(
+                f"this idempotency key's campaign {found['cid']} was already purged",
+                code="idempotency_conflict",
+            )
         found["repeat"] = True
         return found
 
@@ -618,10 +622,13 @@ def parse_send_at(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     if not isinstance(value, str):
-        raise InputError("send_at must be ISO 8601 text with a time zone, or a datetime")
+        raise InputError(
+            "send_at must be ISO 8601 text with a time zone, or a datetime", code="invalid_send_at"
+        )
     try:
         return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise InputError(
-            f"send_at {value!r} is not an ISO 8601 time (e.g. 2026-12-24T09:00+01:00)"
+            f"send_at {value!r} is not an ISO 8601 time (e.g. 2026-12-24T09:00+01:00)",
+            code="invalid_send_at",
         ) from None

@@ -159,13 +159,18 @@ def check_schedule(send_at: datetime | None, now: float) -> float:
         return 0.0
     if send_at.tzinfo is None:
         raise InputError(
-            "the send time needs a time zone, e.g. 2026-12-24T09:00+01:00 or ...T08:00Z"
+            "the send time needs a time zone, e.g. 2026-12-24T09:00+01:00 or ...T08:00Z",
+            code="invalid_send_at",
         )
     at = send_at.timestamp()
     if at <= now:
-        raise InputError(f"the send time {send_at.isoformat()} is in the past")
+        raise InputError(
+            f"the send time {send_at.isoformat()} is in the past", code="invalid_send_at"
+        )
     if at > now + MAX_SCHEDULE_S:
-        raise InputError(f"the send time {send_at.isoformat()} is more than a year ahead")
+        raise InputError(
+            f"the send time {send_at.isoformat()} is more than a year ahead", code="invalid_send_at"
+        )
     return at
 
 
@@ -208,13 +213,15 @@ class Planner:
             or ("default" if "default" in configured else next(iter(configured)))
         )
         if chosen not in configured:
-            raise InputError(f"no trunk {chosen!r} (configured: {', '.join(configured)})")
+            raise InputError(
+                f"no trunk {chosen!r} (configured: {', '.join(configured)})", code="unknown_trunk"
+            )
         return chosen
 
     def plan(self, source: str, text: str, numbers: NumbersResult, options: Options) -> Plan:
         settings = self.settings
         if not text or not text.strip():
-            raise InputError("the message text is empty")
+            raise InputError("the message text is empty", code="empty_text")
         _require_utf8("message text", text)
         _require_utf8("source", source)
         if options.name is not None:
@@ -228,12 +235,15 @@ class Planner:
         if len(text) > most and Template.parse(text).literal_chars > most:
             raise InputError(
                 f"the message text is {len(text):,} characters long; {settings.max_segments} "
-                f"SMS segments (SMSQ_MAX_SEGMENTS) hold at most {most:,}"
+                f"SMS segments (SMSQ_MAX_SEGMENTS) hold at most {most:,}",
+                code="text_too_long",
             )
         try:
             source = normalize(source)
         except InvalidNumber as exc:
-            raise InputError(f"invalid source number {source!r}: {exc.reason}") from None
+            raise InputError(
+                f"invalid source number {source!r}: {exc.reason}", code="invalid_number"
+            ) from None
         template = Template.parse(text)
         ttl_s = options.ttl_s or settings.ttl_s
         if ttl_s <= 0:
@@ -271,7 +281,10 @@ class Planner:
             distribution += collections.Counter()  # drop zero counts
         order = [i for g in groups for i in g.members]
         if not order and not suppressed:
-            raise InputError(f"no valid destination number ({len(rejections)} rejected)")
+            raise InputError(
+                f"no valid destination number ({len(rejections)} rejected)",
+                code="no_valid_recipient",
+            )
         return Plan(
             source=source,
             template=template,
@@ -353,7 +366,8 @@ class Planner:
             if info.segments > limit:
                 raise InputError(
                     f"the text needs {info.segments} SMS segments ({info.encoding}); "
-                    f"the limit is {limit} (SMSQ_MAX_SEGMENTS)"
+                    f"the limit is {limit} (SMSQ_MAX_SEGMENTS)",
+                    code="text_too_long",
                 )
             kept = list(range(len(numbers.numbers)))
             segments = dict.fromkeys(kept, info.segments)
@@ -364,7 +378,8 @@ class Planner:
             if not numbers.columns:
                 raise InputError(
                     f"the text uses {{{template.fields[0]}}}, but the recipients have no fields:"
-                    " give a CSV with that column (or write {{ and }} for literal braces)"
+                    " give a CSV with that column (or write {{ and }} for literal braces)",
+                    code="invalid_template",
                 )
             columns = template.column_indexes(numbers.columns)
             render = template.row_renderer(columns)

@@ -5,13 +5,11 @@ Bad input prints one clear message on stderr and exits 2; nothing is half-enqueu
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import secrets
 import shlex
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,11 +19,19 @@ import redis
 from ledger import events
 from ledger.errors import InputError, SmsqError
 from ledger.logs import configure_logging
-from ledger.settings import Settings
-from ledger.states import ALL_STATES, PENDING, CampaignState
-from ledger.store import Ledger, Status
+from ledger.states import CampaignState
+from ledger.store import Ledger
 from producer import cli_data, control
-from producer.cli_common import EXIT_INTERRUPTED, EXIT_UNAVAILABLE, fail, run
+from producer.cli_common import (
+    EXIT_INTERRUPTED,
+    EXIT_UNAVAILABLE,
+    WAIT_HELP,
+    fail,
+    print_status,
+    run,
+    status_or_fail,
+    wait,
+)
 from producer.cli_common import settings as load
 from producer.enqueue import EnqueueResult, NotStored, Producer, StoredNotQueued, parse_send_at
 from producer.numbers import NumbersResult, Rejection, normalize_many
@@ -34,11 +40,12 @@ from producer.recipients import RecipientsFileError, read_recipients
 
 # Enqueues of more numbers than this show a progress bar (unless --json).
 PROGRESS_THRESHOLD = 5000
-# How often --wait polls the campaign's status.
-WAIT_POLL_S = 0.5
+# What --recipients takes to read standard input, as most commands that read files do.
+STDIN = "-"
 
 
 @click.group()
+@click.version_option(package_name="smsq", prog_name="smsq")
 def main() -> None:
     """Send SMS campaigns through DIDWW and watch them."""
     configure_logging("WARNING")
@@ -49,9 +56,16 @@ def main() -> None:
 @click.option("--to", "to", multiple=True, help="A destination number; repeat for more.")
 @click.option(
     "--recipients",
-    type=click.Path(dir_okay=True, path_type=Path),
-    help="A CSV file (column destination, phone, number or msisdn; its other columns are "
-    "the fields of a templated --text) or one number per line.",
+    type=click.Path(dir_okay=True, allow_dash=True, path_type=Path),
+    help="A CSV file (column destination, phone, phone number, number or msisdn, or the one "
+    "--column names; its other columns are the fields of a templated --text) or one number "
+    "per line; - reads standard input.",
+)
+@click.option(
+    "--column",
+    default=None,
+    metavar="NAME",
+    help="The CSV column of --recipients holding the numbers (case, spaces, _ and - do not count).",
 )
 @click.option("--text", required=True, help="The message text; {field} or {field|default}.")
 @click.option("--name", default=None, help="A name for the campaign.")
@@ -74,11 +88,12 @@ def main() -> None:
 @click.option("--idempotency-key", default=None, help="The same key within 24 h: one campaign.")
 @click.option("--dry-run", is_flag=True, help="Check everything and print the preview only.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--wait", is_flag=True, help="Wait until every message is settled.")
+@click.option("--wait", "wait_done", is_flag=True, help=WAIT_HELP)
 def send(
     source: str,
     to: tuple[str, ...],
     recipients: Path | None,
+    column: str | None,
     text: str,
     name: str | None,
     ttl_s: int | None,
@@ -90,14 +105,16 @@ def send(
     idempotency_key: str | None,
     dry_run: bool,
     as_json: bool,
-    wait: bool,
+    wait_done: bool,
 ) -> None:
     """Enqueue a campaign (or, with --dry-run, show what it would be)."""
     if bool(to) == bool(recipients):
         fail("give destinations with either --to or --recipients (one of them)")
+    if column is not None and not recipients:
+        fail("--column needs --recipients: it names the CSV column holding the numbers")
     settings = load()
     try:
-        numbers: NumbersResult = read_recipients(recipients) if recipients else normalize_many(to)
+        numbers: NumbersResult = _read(recipients, column) if recipients else normalize_many(to)
         options: dict[str, Any] = {
             "name": name,
             "ttl_s": ttl_s,
@@ -141,8 +158,8 @@ def send(
         producer.close()
     if as_json:
         out = result.as_dict()
-        if wait:
-            out["status"] = _wait(settings, result.campaign_id, show=False).as_dict()
+        if wait_done:
+            out["status"] = wait(settings, result.campaign_id, show=False).as_dict()
         click.echo(json.dumps(out))
         return
     _report_rejections(result.rejections)
@@ -153,8 +170,16 @@ def send(
         f"out); {result.total_segments} segments ({result.encoding})"
         + (again if result.repeated else "")
     )
-    if wait:
-        _print_status(_wait(settings, result.campaign_id, show=True))
+    if wait_done:
+        print_status(wait(settings, result.campaign_id, show=True))
+
+
+def _read(recipients: Path, column: str | None) -> NumbersResult:
+    if str(recipients) == STDIN:
+        # click's standard input: in binary, and left open when read.
+        with click.open_file(STDIN, "rb") as stdin:
+            return read_recipients(stdin, column)
+    return read_recipients(recipients, column)
 
 
 def _write(producer: Producer, plan: Plan, key: str, as_json: bool) -> EnqueueResult:
@@ -215,84 +240,21 @@ def _report_rejections(rejections: list[Rejection]) -> None:
         click.echo(f"line {r.line}: {r.value!r}: {r.reason}", err=True)
 
 
-def _wait(settings: Settings, cid: str, show: bool) -> Status:
-    async def work(ledger: Ledger) -> Status:
-        status = await _status_or_fail(ledger, cid)
-        total = status.campaign.total
-        bar = click.progressbar(length=total, label="settling", file=sys.stderr)
-        with bar if show else contextlib.nullcontext(bar):
-            settled = 0
-            while True:
-                now_settled = total - sum(status.counts[s] for s in PENDING)
-                if show:
-                    bar.update(now_settled - settled)
-                settled = now_settled
-                if status.done:
-                    return status
-                await asyncio.sleep(WAIT_POLL_S)
-                status = await _status_or_fail(ledger, cid)
-
-    return run(settings, work)
-
-
-async def _status_or_fail(ledger: Ledger, cid: str) -> Status:
-    status = await ledger.status(cid)
-    if status is None:
-        fail(f"no campaign {cid!r}")
-    return status
-
-
-def _print_status(status: Status) -> None:
-    c = status.campaign
-    title = f"campaign {c.id}" + (f" ({c.name})" if c.name else "")
-    click.echo(f"{title}: {status.state}, trunk {c.trunk}")
-    click.echo(f"  {'total':<11} {c.total:>9}")
-    for state in ALL_STATES:
-        click.echo(f"  {state:<11} {status.counts[state]:>9}")
-    click.echo(f"  {'rate':<11} {status.rate_per_s:>9.1f}/s")
-    click.echo(f"  {'done':<11} {'yes' if status.done else 'no':>9}")
-    if c.send_at:
-        click.echo(f"  {'send at':<11} {_when(c.send_at)}")
-    if c.parent:
-        click.echo(f"  {'resend of':<11} {c.parent}")
-    if window := status.extra.get("window"):
-        opens = f", next opens {_when(window['next_open'])}" if window["next_open"] else ""
-        click.echo(f"  {'window':<11} {window['window']}: {window['waiting']} waiting{opens}")
-    trunk = status.trunk
-    if trunk.halted:
-        click.echo(
-            f"trunk {trunk.name}: HALTED ({trunk.as_dict()['halted_why']}); probing,"
-            " `smsq resume` lifts it"
-        )
-    if trunk.backoff:
-        click.echo(f"trunk {trunk.name}: backing off, DIDWW is unavailable (probing)")
-    if trunk.parked_batches:
-        click.echo(f"{trunk.parked_batches} batches parked until they can go on")
-    stats = trunk.stats
-    click.echo(
-        f"callbacks for unknown DIDWW ids: {trunk.orphans_waiting} waiting"
-        f" ({stats.get('orphans_kept', 0)} kept, {stats.get('orphans_joined', 0)} joined,"
-        f" {stats.get('orphans_dropped', 0)} dropped over SMSQ_ORPHANS_MAX,"
-        f" {stats.get('callbacks_matched', 0)} matched by number and time)"
-    )
-    for warning in status.warnings:
-        click.echo(f"warning: {warning}", err=True)
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 @main.command()
 @click.argument("campaign")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def status(campaign: str, as_json: bool) -> None:
+@click.option("--wait", "wait_done", is_flag=True, help=WAIT_HELP)
+def status(campaign: str, as_json: bool, wait_done: bool) -> None:
     """Show a campaign's counts per state, its send rate, and whether it is done."""
-    result = run(load(), lambda ledger: _status_or_fail(ledger, campaign))
+    settings = load()
+    if wait_done:
+        result = wait(settings, campaign, show=not as_json)
+    else:
+        result = run(settings, lambda ledger: status_or_fail(ledger, campaign))
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:
-        _print_status(result)
+        print_status(result)
 
 
 @main.command()

@@ -23,7 +23,7 @@ from ledger.store import Ledger
 from producer import control
 from producer import report as reports
 from producer import resend as resends
-from producer.cli_common import EXIT_UNAVAILABLE, fail, run
+from producer.cli_common import EXIT_UNAVAILABLE, WAIT_HELP, fail, print_status, run, wait
 from producer.cli_common import settings as load
 from producer.enqueue import NotStored, Producer, StoredNotQueued, parse_send_at
 from producer.numbers import InvalidNumber, normalize
@@ -37,8 +37,20 @@ T = TypeVar("T")
 @click.argument("campaign")
 @click.option("--state", "states", default=None, help="Only these states, e.g. failed,unknown.")
 @click.option("--code", "codes", default=None, help="Only these DIDWW code_ids, e.g. 2,8.")
-@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="csv")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(reports.FORMATS),
+    default="csv",
+    show_default=True,
+    help="csv: a header and a row per message; jsonl: a JSON object per line.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file (replaced if it exists) instead of standard output.",
+)
 def report(
     campaign: str, states: str | None, codes: str | None, fmt: str, output: Path | None
 ) -> None:
@@ -88,8 +100,14 @@ def _open(path: Path | None) -> Any:
 @click.option("--code", "codes", default=None, help="Only these DIDWW code_ids, e.g. 2,8.")
 @click.option("--idempotency-key", default=None, help="The same key within 24 h: one resend.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--wait", "wait_done", is_flag=True, help=WAIT_HELP)
 def resend(
-    campaign: str, states: str, codes: str | None, idempotency_key: str | None, as_json: bool
+    campaign: str,
+    states: str,
+    codes: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+    wait_done: bool,
 ) -> None:
     """Send again to the recipients whose messages ended in these states, as a new campaign
     (never to a number that was sent in this one)."""
@@ -123,12 +141,17 @@ def resend(
     finally:
         producer.close()
     if as_json:
-        click.echo(json.dumps({**result.as_dict(), "parent": campaign}))
-    else:
-        click.echo(
-            f"campaign {result.campaign_id} (resend of {campaign}): {result.queued} queued, "
-            f"{result.suppressed} suppressed (opted out)"
-        )
+        out = {**result.as_dict(), "parent": campaign}
+        if wait_done:
+            out["status"] = wait(settings, result.campaign_id, show=False).as_dict()
+        click.echo(json.dumps(out))
+        return
+    click.echo(
+        f"campaign {result.campaign_id} (resend of {campaign}): {result.queued} queued, "
+        f"{result.suppressed} suppressed (opted out)"
+    )
+    if wait_done:
+        print_status(wait(settings, result.campaign_id, show=True))
 
 
 @click.command()

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench lock clean
+.PHONY: demo test lint bench lock clean up down
 
 $(STAMP): pyproject.toml requirements-dev.lock
 	@ops/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -42,3 +42,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# A local stack that keeps running for trying the README's commands: a private redis-server,
+# the DIDWW simulator, a worker, the ingester and the HTTP API on free ports, with their logs,
+# pids and settings in $(UP_DIR) (load them with `source $(UP_DIR)/env`). `make down` stops it.
+UP_DIR ?= .smsq
+
+up: $(STAMP)
+	@ops/require-redis.sh
+	@$(BIN)/python -m ops.up --state-dir "$(UP_DIR)" up
+
+down: $(STAMP)
+	@$(BIN)/python -m ops.up --state-dir "$(UP_DIR)" down

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from redis.exceptions import WatchError
 
 from ledger import keys, records
+from ledger.errors import CampaignFinished
 from ledger.quiet_hours import QuietHours
 from ledger.records import Record
 from ledger.states import PENDING, CampaignState, State
@@ -344,20 +345,28 @@ async def read_campaign(redis: Redis, cid: str) -> Campaign | None:
     return Campaign.stored(cid, await redis.hgetall(keys.campaign(cid)))
 
 
+# What a pause, resume or cancel of an ended campaign is told.
+FINISHED = "it can no longer be paused, resumed or cancelled"
+
+
 async def set_state(redis: Redis, cid: str, state: CampaignState) -> bool:
-    """Pause, resume or cancel a campaign; a cancelled campaign stays cancelled, even when a
-    pause races a cancel (WATCH makes the read and the write one step). Resuming a scheduled
-    campaign keeps it scheduled. False if there is no such campaign, or it is cancelled."""
-    key = keys.campaign(cid)
+    """Pause, resume or cancel a campaign. Resuming a scheduled campaign keeps it scheduled.
+    False if there is no such campaign; CampaignFinished, changing nothing, if it has ended
+    (cancelled, or nothing of it pending): a pause racing a cancel, or the last callback, is
+    seen, since WATCH on its hash and its counts makes the read and the write one step."""
+    key, counts_key = keys.campaign(cid), keys.counts(cid)
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
-                await pipe.watch(key)
+                await pipe.watch(key, counts_key)
                 c = Campaign.stored(cid, await pipe.hgetall(key))
                 if c is None:
                     return False
+                pending = await pipe.hmget(counts_key, [str(s) for s in PENDING])
                 if c.state == CampaignState.CANCELLED:
-                    return state == CampaignState.CANCELLED
+                    raise CampaignFinished(f"campaign {cid} is cancelled: {FINISHED}")
+                if c.done_at is not None or not any(int(n or 0) for n in pending):
+                    raise CampaignFinished(f"campaign {cid} is done: {FINISHED}")
                 if c.state == CampaignState.SCHEDULED and state == CampaignState.ACTIVE:
                     return True
                 pipe.multi()

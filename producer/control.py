@@ -12,7 +12,7 @@ from redis.exceptions import WatchError
 from dispatch import dispatch, dispatch_parked
 from ledger import keys
 from ledger.campaigns import Campaign
-from ledger.errors import InputError
+from ledger.errors import CampaignFinished, InputError
 from ledger.quiet_hours import QuietHours
 from ledger.states import PENDING, CampaignState, State
 from ledger.store import Ledger
@@ -27,7 +27,8 @@ class Resumed:
 
 async def resume(app: Any, ledger: Ledger, cid: str, why: str) -> Resumed | None:
     """Resume a campaign, and lift a halt or a backoff of its trunk: that trunk's parked
-    batches go back on the queues. None if there is no such campaign, or it is cancelled."""
+    batches go back on the queues. None if there is no such campaign; CampaignFinished if it
+    has ended (cancelled or done), and nothing is changed."""
     c = await ledger.campaign(cid)
     if c is None or not await ledger.set_state(cid, CampaignState.ACTIVE):
         return None
@@ -44,9 +45,18 @@ async def resume(app: Any, ledger: Ledger, cid: str, why: str) -> Resumed | None
 
 async def cancel(ledger: Ledger, cid: str) -> int | None:
     """Cancel a campaign: every still-queued message becomes cancelled (and is never posted).
-    Returns how many were cancelled now, or None if there is no such campaign."""
-    if not await ledger.set_state(cid, CampaignState.CANCELLED):
-        return None
+    Returns how many were cancelled now, or None if there is no such campaign;
+    CampaignFinished if it has ended (cancelled or done), and nothing is changed."""
+    try:
+        if not await ledger.set_state(cid, CampaignState.CANCELLED):
+            return None
+    except CampaignFinished:
+        # A cancel whose process stopped between its two steps left messages queued in a
+        # cancelled campaign: the next cancel ends them before it answers that it was done.
+        c = await ledger.campaign(cid)
+        if c is not None and c.state == CampaignState.CANCELLED:
+            await ledger.cancel_queued(c)
+        raise
     c = await ledger.campaign(cid)
     return None if c is None else await ledger.cancel_queued(c)
 

@@ -43,7 +43,7 @@ from smsq_testing import SOURCE, stored
 from callbacks.document import FINAL_STATES
 from ledger import keys, optouts, records
 from ledger.campaigns import Campaign
-from ledger.errors import InputError
+from ledger.errors import CampaignFinished, InputError
 from ledger.reasons import SUCCESS_REASON
 from ledger.states import PENDING, CampaignState, Code, State, can_move
 from producer import control
@@ -175,14 +175,36 @@ def test_a_cancelled_campaign_stays_cancelled(real_ledger, real_campaign, real_r
     cid = real_campaign(1, state=CampaignState.CANCELLED)
 
     async def go(ledger):
-        return [
-            await ledger.set_state(cid, CampaignState(state))
-            for state in ("paused", "active", "cancelled")
-        ]
+        refused = []
+        for state in ("paused", "active", "cancelled"):
+            with pytest.raises(CampaignFinished, match=f"campaign {cid} is cancelled") as caught:
+                await ledger.set_state(cid, CampaignState(state))
+            refused.append(caught.value.code)
+        return refused
 
-    # Only a repeated cancel succeeds (it changes nothing).
-    assert run(real_ledger, go) == [False, False, True]
+    assert run(real_ledger, go) == ["campaign_finished"] * 3
     assert stored(real_redis, cid).state == "cancelled"
+
+
+@pytest.mark.parametrize("how", ["nothing pending", "done_at"])
+def test_a_done_campaign_cannot_be_paused_resumed_or_cancelled(
+    real_ledger, real_campaign, real_redis, how: str
+) -> None:
+    cid = real_campaign(2)
+    if how == "nothing pending":
+        # Both messages delivered: the counts say so, and no done_at is written yet.
+        real_redis.hset(keys.counts(cid), mapping={"queued": 0, "delivered": 2})
+    else:
+        real_redis.hset(keys.campaign(cid), mapping=Campaign.encode(done_at=time.time()))
+    before = real_redis.hgetall(keys.campaign(cid))
+
+    async def go(ledger):
+        for state in ("paused", "active", "cancelled"):
+            with pytest.raises(CampaignFinished, match=f"campaign {cid} is done"):
+                await ledger.set_state(cid, CampaignState(state))
+
+    run(real_ledger, go)
+    assert real_redis.hgetall(keys.campaign(cid)) == before
 
 
 def test_resuming_a_scheduled_campaign_keeps_it_scheduled(
@@ -219,9 +241,12 @@ def test_cancel_queued_cancels_every_queued_message_of_every_batch(
 
     async def go(ledger):
         await claim(ledger, cid, [101], batch=1)
-        return await control.cancel(ledger, cid), await control.cancel(ledger, cid)
+        first = await control.cancel(ledger, cid)
+        with pytest.raises(CampaignFinished, match="is cancelled"):
+            await control.cancel(ledger, cid)
+        return first
 
-    assert run(real_ledger, go) == (249, 0)
+    assert run(real_ledger, go) == 249
     assert counts(real_redis, cid) == {"cancelled": 249, "sending": 1}
     assert states(real_redis, cid, 1)[101] == "sending"
     cancelled = read_events(real_redis)
@@ -238,6 +263,21 @@ def test_cancel_queued_cancels_every_queued_message_of_every_batch(
     }
     # The message on the wire is still pending.
     assert stored(real_redis, cid).done_at is None
+
+
+def test_a_cancel_cut_short_is_finished_by_the_next_one(
+    real_ledger, real_campaign, real_redis
+) -> None:
+    cid = real_campaign(3)
+
+    async def go(ledger):
+        # The first cancel's process stopped after the state and before the messages.
+        await ledger.set_state(cid, CampaignState.CANCELLED)
+        with pytest.raises(CampaignFinished):
+            await control.cancel(ledger, cid)
+
+    run(real_ledger, go)
+    assert counts(real_redis, cid) == {"cancelled": 3}
 
 
 def test_cancel_of_a_missing_campaign(real_ledger, real_redis) -> None:
@@ -712,10 +752,19 @@ async def apply(ledger, client, cid: str, op: str, i: int) -> None:
                 time_end=iso(now + 1),
             )
         )
-    elif op == "cancel":
-        await control.cancel(ledger, cid)
-    elif op in ("pause", "resume"):
-        await ledger.set_state(cid, CampaignState.PAUSED if op == "pause" else CampaignState.ACTIVE)
+    elif op in ("cancel", "pause", "resume"):
+        # Refused, changing nothing, exactly when the campaign has ended.
+        ended = (await ledger.status(cid, with_warnings=False)).state in ("cancelled", "done")
+        try:
+            if op == "cancel":
+                await control.cancel(ledger, cid)
+            else:
+                state = CampaignState.PAUSED if op == "pause" else CampaignState.ACTIVE
+                await ledger.set_state(cid, state)
+        except CampaignFinished:
+            assert ended, f"{op} refused though the campaign had not ended"
+        else:
+            assert not ended, f"{op} of an ended campaign was not refused"
     elif op == "expire":
         client.hset(keys.campaign(cid), mapping=Campaign.encode(expires_at=now - 1))
     elif op == "unconfirm":

@@ -106,8 +106,11 @@ def up(state_dir: Path) -> None:
     try:
         settings = _start(state_dir, started)
     except (StackError, KeyboardInterrupt) as exc:
-        if started:
-            _stop_all(state_dir, started, quiet=True)
+        _stop_all(state_dir, started, quiet=True)
+        # One that never became ready was not recorded; it is still this process's child.
+        for pid in _children():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
         if isinstance(exc, KeyboardInterrupt):
             raise click.Abort from None
         click.echo(f"make up: {exc}", err=True)
@@ -263,6 +266,17 @@ def _start_time(pid: int) -> str | None:
     fields = stat.rsplit(")", 1)[1].split()
     state, started = fields[0], fields[19]
     return None if state in ("Z", "X") else started
+
+
+def _children() -> list[int]:
+    """The pids of this process's children that still run (none found without /proc)."""
+    me, found = os.getpid(), []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = path.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == me and fields[0] not in ("Z", "X"):
+                found.append(int(path.parent.name))
+    return found
 
 
 def _load(state_dir: Path) -> list[Entry]:

@@ -5,6 +5,7 @@ stack is tests/integration/test_cli_habits.py."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from ops import up
+from ops.stack import StackError
 
 
 @pytest.fixture
@@ -102,3 +104,31 @@ def test_a_state_file_that_is_not_ours_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(up.main, ["--state-dir", str(tmp_path), "down"])
     assert result.exit_code == 1
     assert "up.json is not what `make up` writes" in result.output
+
+
+def test_a_start_that_fails_stops_everything_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start_two_then_fail(state_dir: Path, started: list[up.Entry]) -> dict[str, str]:
+        for _ in range(2):
+            children.append(subprocess.Popen(["sleep", "300"], start_new_session=True))
+        # The first became ready and was recorded; the second never did.
+        started.append(entry(children[0].pid))
+        up._save(state_dir, started)
+        raise StackError("timed out after 30 s waiting for the simulator")
+
+    monkeypatch.setattr(up, "_start", start_two_then_fail)
+    # Not this test process's own standard input.
+    monkeypatch.setattr(os, "dup2", lambda *args: None)
+    try:
+        result = CliRunner().invoke(up.main, ["--state-dir", str(tmp_path), "up"])
+        assert result.exit_code == 1
+        assert result.output == "make up: timed out after 30 s waiting for the simulator\n"
+        assert [child.wait(10) for child in children] == [-signal.SIGTERM, -signal.SIGKILL]
+        assert not (tmp_path / up.STATE_FILE).exists()
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()

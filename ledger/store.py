@@ -28,6 +28,7 @@ from ledger.campaigns import (
 )
 from ledger.enqueuing import Enqueuing
 from ledger.hotpath import HotPath
+from ledger.lookups import Lookups
 from ledger.optouts import OptOuts
 from ledger.parking import Parking
 from ledger.records import Record
@@ -40,7 +41,9 @@ from ledger.trunks import TrunkFlags
 __all__ = ["CallbackUpdate", "Campaign", "Ledger", "Record", "Status"]
 
 
-class Ledger(HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Enqueuing, Retention, OptOuts):
+class Ledger(
+    HotPath, CallbackStore, TrunkFlags, Parking, Recovery, Enqueuing, Retention, OptOuts, Lookups
+):
     """Campaign and message state in Redis, shared by workers, the ingester and the CLI."""
 
     async def campaign(self, cid: str) -> Campaign | None:

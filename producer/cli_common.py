@@ -29,9 +29,10 @@ EXIT_INTERRUPTED = 130
 WAIT_POLL_S = 0.5
 # What --wait's help says of its exit codes (send, status and resend alike).
 WAIT_HELP = (
-    "Wait until every message is settled (a progress bar on stderr), then show the status. "
-    "Exit 0 when the campaign is done, whatever its messages' outcomes; 1 if Redis cannot be "
-    "reached; 2 if there is no such campaign; 130 on Ctrl-C (the campaign goes on)."
+    "Wait until every message is settled (a progress bar on stderr unless --json), then show "
+    "the status. Exit 0 when the campaign is done, whatever its messages' outcomes; 1 if "
+    "Redis cannot be reached; 2 if there is no such campaign; 130 on Ctrl-C (the campaign "
+    "goes on)."
 )
 
 

@@ -69,6 +69,19 @@ Opt-outs:
                                       Redis keeps each as a compact sorted array (intset)
 - ``smsq:optout:count``              counter: numbers on the list
 
+Webhooks (ledger/webhooks.py; ``{wid}`` a subscription id, ``wh_`` and 16 hex digits):
+- ``smsq:webhooks``                  hash: subscription id -> JSON: url, events, campaign,
+                                      created_at (ms); never the secret
+- ``smsq:webhooks:secrets``          hash: subscription id -> its signing secret (``whsec_...``)
+- ``smsq:webhook:{wid}:due``         sorted set: delivery id (``msg_`` + the event's stream
+                                      entry id) -> when it is due (ms), or when the lease of
+                                      the process sending it ends; deleted with the subscription
+- ``smsq:webhook:{wid}:deliveries``  hash: delivery id -> the event's JSON, as on the stream
+- ``smsq:webhook:{wid}:attempts``    hash: delivery id -> ``attempts first_attempt_ms`` once
+                                      tried
+- ``smsq:webhook:failures``          stream: deliveries given up after SMSQ_WEBHOOK_RETRY_S,
+                                      trimmed to SMSQ_WEBHOOK_FAILURES_MAX
+
 - the events stream: its name is a setting (``SMSQ_EVENTS_STREAM``, default ``smsq:events``)
 """
 
@@ -257,3 +270,32 @@ def enqueue_member(cid: str, batches: int) -> str:
 
 def parse_enqueue_member(member: str | bytes) -> tuple[str, int]:
     return parse_batch_member(member)
+
+
+def webhooks() -> str:
+    return f"{PREFIX}:webhooks"
+
+
+def webhook_secrets() -> str:
+    return f"{PREFIX}:webhooks:secrets"
+
+
+def webhook(wid: str, what: str) -> str:
+    """A subscription's key: what is due, deliveries or attempts."""
+    return f"{PREFIX}:webhook:{wid}:{what}"
+
+
+def webhook_due(wid: str) -> str:
+    return webhook(wid, "due")
+
+
+def webhook_deliveries(wid: str) -> str:
+    return webhook(wid, "deliveries")
+
+
+def webhook_attempts(wid: str) -> str:
+    return webhook(wid, "attempts")
+
+
+def webhook_failures() -> str:
+    return f"{PREFIX}:webhook:failures"

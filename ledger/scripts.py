@@ -26,6 +26,11 @@ NAMES = (
     "unconfirm",
     "unindex",
     "optout",
+    "webhook_put",
+    "webhook_delete",
+    "webhook_schedule",
+    "webhook_claim",
+    "webhook_settle",
 )
 
 

@@ -172,6 +172,23 @@ class Settings(BaseSettings):
     # this many connections (and requests being handled) at once.
     http_read_timeout_s: float = Field(10.0, gt=0, le=600)
     http_max_connections: int = Field(1000, ge=1, le=100_000)
+    # Webhooks (python -m webhooks, docs/webhooks.md). A delivery is retried for this long
+    # after its first attempt, then recorded as failed (`smsq webhook failures`).
+    webhook_retry_s: float = Field(24 * 3600, gt=0)
+    # Retries wait a random time up to 1 s doubling per attempt, capped here (full jitter).
+    webhook_backoff_max_s: float = Field(3600, gt=0)
+    # Each attempt's whole request must be answered within this.
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    # http:// URLs and loopback, private and link-local addresses are refused unless this is
+    # true: a subscriber could otherwise make smsq post into its own network.
+    webhook_allow_private: bool = False
+    # Requests in flight to one subscription from one delivery process: a slow endpoint holds
+    # only its own connections.
+    webhook_connections: int = Field(16, ge=1, le=1000)
+    # Failed deliveries kept for `smsq webhook failures` (the oldest go first).
+    webhook_failures_max: int = Field(10_000, ge=100)
+    # Each delivery process serves Prometheus metrics here (0: none).
+    webhooks_metrics_port: int = Field(9810, ge=0, le=65535)
 
     _trunks: dict[str, TrunkConfig] | None = None
 

@@ -1,0 +1,34 @@
+-- Fan events out to the webhook subscriptions they match and acknowledge them on the events
+-- stream in the same step: an event is either acknowledged with every delivery it owes
+-- scheduled, or read again. A delivery's id is 'msg_' and the event's entry id, the same on
+-- every retry (the webhook-id header).
+-- KEYS[1] events stream   KEYS[2] subscriptions hash
+-- then per subscription s = 1..S: KEYS[1 + 2s] its due set   KEYS[2 + 2s] its deliveries hash
+-- ARGV[1] consumer group   ARGV[2] S   ARGV[3 .. 2 + S] the subscription ids
+-- then per entry: its entry id, its JSON, k, and k subscription numbers (1..S) it goes to
+-- Returns how many deliveries were scheduled.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local S = tonumber(ARGV[2])
+-- A subscription deleted since the caller read it gets nothing (its keys would never go).
+local alive = {}
+for s = 1, S do alive[s] = redis.call('HEXISTS', KEYS[2], ARGV[2 + s]) == 1 end
+local acked, scheduled = {}, 0
+local i = S + 3
+while i <= #ARGV do
+  local eid, data, k = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  local did = 'msg_' .. eid
+  for j = 0, k - 1 do
+    local s = tonumber(ARGV[i + j])
+    -- HSETNX: an event read twice (claimed from a silent consumer) is not owed twice.
+    if alive[s] and redis.call('HSETNX', KEYS[2 + 2 * s], did, data) == 1 then
+      redis.call('ZADD', KEYS[1 + 2 * s], now_ms, did)
+      scheduled = scheduled + 1
+    end
+  end
+  i = i + k
+  acked[#acked + 1] = eid
+end
+if #acked > 0 then redis.call('XACK', KEYS[1], ARGV[1], unpack(acked)) end
+return scheduled

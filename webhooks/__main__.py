@@ -1,0 +1,60 @@
+"""`python -m webhooks`: one webhook delivery process; run as many as the load needs (each
+serves its metrics on SMSQ_WEBHOOKS_METRICS_PORT). SIGTERM or SIGINT: stop reading, finish
+the requests in flight (at most SMSQ_WEBHOOK_TIMEOUT_S), record them, exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import structlog
+import uvloop
+
+from ledger import connection
+from ledger.errors import ConfigError
+from ledger.logs import configure_logging
+from ledger.settings import Settings, load_settings
+from webhooks import metrics
+from webhooks.service import Service
+
+log = structlog.stdlib.get_logger("smsq.webhooks")
+
+
+async def _serve(settings: Settings, consumer: str | None) -> None:
+    redis = connection.async_client(settings)
+    service = Service(settings, redis, consumer)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    try:
+        await service.run()
+    finally:
+        await redis.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m webhooks", description=__doc__)
+    parser.add_argument(
+        "--consumer",
+        default=None,
+        help="its name in the events stream's consumer group (default: host-pid)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"smsq: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.secrets())
+    try:
+        metrics.serve(settings.webhooks_metrics_port)
+    except OSError as exc:
+        log.error("metrics_port_unavailable", port=settings.webhooks_metrics_port, error=str(exc))
+        sys.exit(1)
+    uvloop.run(_serve(settings, args.consumer))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,10 +13,24 @@ from dataclasses import dataclass, field
 
 from ledger.campaigns import FIELD_SEPARATOR
 from ledger.errors import InputError
+from producer.e164 import MAX_DIGITS, POSSIBLE_LENGTHS, InvalidNumber, checked
 
-# E.164 allows at most 15 digits; fewer than 8 is a short code or a typo, not a mobile number.
-MIN_DIGITS = 8
-MAX_DIGITS = 15
+__all__ = [
+    "MAX_DIGITS",
+    "MAX_FIELDS",
+    "MAX_VALUE_CHARS",
+    "InvalidNumber",
+    "NumbersCollector",
+    "NumbersResult",
+    "Rejection",
+    "normalize",
+    "normalize_many",
+    "normalize_recipients",
+    "shorten",
+    "too_long_value",
+    "too_many_fields",
+]
+
 # Longer values are cut in rejection reports so one runaway line cannot flood the output.
 MAX_REJECTED_VALUE_CHARS = 40
 # A campaign's recipients carry at most this many distinct fields, and a value at most this
@@ -36,16 +50,10 @@ _SEPARATORS = (
 _DROP_SEPARATORS = str.maketrans("", "", _SEPARATORS)
 _ASCII_DIGITS = frozenset("0123456789")
 # Most input is already clean; matching it in one C call keeps a million-line file fast.
-_CLEAN = re.compile(rf"\+?([1-9][0-9]{{{MIN_DIGITS - 1},{MAX_DIGITS - 1}}})")
-_DIGITS = re.compile(rf"[1-9][0-9]{{{MIN_DIGITS - 1},{MAX_DIGITS - 1}}}")
-
-
-class InvalidNumber(ValueError):
-    """A value that cannot be turned into a destination number; `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+_CLEAN = re.compile(r"\+?([1-9][0-9]*)")
+_DIGITS = re.compile(r"[1-9][0-9]*")
+# Most numbers are answered by one look-up of their first four digits in POSSIBLE_LENGTHS.
+_NONE: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,31 +89,41 @@ class NumbersResult:
 
 
 def normalize(raw: str) -> str:
-    """Return `raw` as digits only (country code first), or raise InvalidNumber."""
+    """Return `raw` as E.164 digits (country code first, no '+'), or raise InvalidNumber.
+
+    The number starts with its country code (after '+', '00' or nothing) and its length must be
+    possible there (producer/e164.py); a national prefix after the code is dropped as
+    phonenumbers drops it ("+44 (0)20 7946 0958" is 442079460958)."""
     clean = _CLEAN.fullmatch(raw)
     if clean is not None:
-        return clean[1]
+        value = clean[1]
+        if len(value) in POSSIBLE_LENGTHS.get(value[:4], _NONE):
+            return value
+        return checked(value)
     # Spaces and hyphens are nearly all the formatting people use, and str.replace drops them
     # several times faster than translate; the full separator set is only needed after that.
     value = raw.strip().replace(" ", "").replace("-", "")
     clean = _CLEAN.fullmatch(value)
-    if clean is not None:
-        return clean[1]
-    value = value.translate(_DROP_SEPARATORS)
-    if not value:
-        raise InvalidNumber("empty")
-    # Only one international prefix is removed: "+00..." or "00+..." is a mistake to report.
-    if value.startswith("+"):
-        value = value[1:]
-    elif value.startswith("00"):
-        value = value[2:]
-    if _DIGITS.fullmatch(value):
+    if clean is None:
+        value = value.translate(_DROP_SEPARATORS)
+        if not value:
+            raise InvalidNumber("empty")
+        # Only one international prefix is removed: "+00..." or "00+..." is a mistake to report.
+        if value.startswith("+"):
+            value = value[1:]
+        elif value.startswith("00"):
+            value = value[2:]
+        if not _DIGITS.fullmatch(value):
+            raise InvalidNumber(_reason(value))
+    else:
+        value = clean[1]
+    if len(value) in POSSIBLE_LENGTHS.get(value[:4], _NONE):
         return value
-    raise InvalidNumber(_reason(value))
+    return checked(value)
 
 
 def _reason(value: str) -> str:
-    """Why `value` (separators and prefix already removed) is not a valid number."""
+    """Why `value` (separators and prefix already removed) is not digits after a country code."""
     if not value:
         return "no digits"
     for char in value:
@@ -113,11 +131,7 @@ def _reason(value: str) -> str:
             if char.isdigit():
                 return f"contains {char!r}, which is not an ASCII digit 0-9"
             return f"contains {char!r}, which is not a digit"
-    if value.startswith("0"):
-        return "starts with 0 (a national number? give the country code)"
-    if len(value) < MIN_DIGITS:
-        return f"too short: {len(value)} digits, need {MIN_DIGITS} to {MAX_DIGITS}"
-    return f"too long: {len(value)} digits, need {MIN_DIGITS} to {MAX_DIGITS}"
+    return "starts with 0 (a national number? give the country code)"
 
 
 def shorten(value: str) -> str:

@@ -159,7 +159,13 @@ def test_create_campaign_is_201_with_the_enqueue_result(server, sync_redis) -> N
     assert out == {
         "campaign_id": cid,
         "queued": 3,
-        "rejected": [{"index": 3, "value": "12", "reason": "too short: 2 digits, need 8 to 15"}],
+        "rejected": [
+            {
+                "index": 3,
+                "value": "12",
+                "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
+            }
+        ],
         "rejected_count": 1,
         "duplicates": 1,
         "suppressed": 0,

@@ -74,7 +74,11 @@ def test_recipients_with_fields_fill_a_templated_text(server, sync_redis) -> Non
     out = response.json()
     assert out["queued"] == 3 and out["rejected_count"] == 1
     assert out["rejected"] == [
-        {"index": 3, "value": "12", "reason": "too short: 2 digits, need 8 to 15"}
+        {
+            "index": 3,
+            "value": "12",
+            "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
+        }
     ]
     cid = out["campaign_id"]
     assert stored(sync_redis, cid).fields == ("name", "code")
@@ -249,7 +253,11 @@ def test_a_dry_run_answers_the_preview_and_writes_nothing(server, sync_redis) ->
     assert out["encoding"] == "GSM-7" and out["trunk"] == "default"
     assert out["longest_message"] == "Sale today" and out["duration_s"] >= 0
     assert out["rejections"] == [
-        {"index": 3, "value": "12", "reason": "too short: 2 digits, need 8 to 15"}
+        {
+            "index": 3,
+            "value": "12",
+            "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
+        }
     ]
     assert "campaign_id" not in out and "location" not in response.headers
     assert sync_redis.keys("*") == [] and celery.sent == []

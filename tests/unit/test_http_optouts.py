@@ -58,7 +58,11 @@ def test_add_count_check_and_remove_numbers(server, sync_redis) -> None:
         "added": 2,
         "already_listed": 0,
         "rejected": [
-            {"index": 2, "value": "12", "reason": "too short: 2 digits, need 8 to 15"},
+            {
+                "index": 2,
+                "value": "12",
+                "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
+            },
             {"index": 4, "value": "abc", "reason": "contains 'a', which is not a digit"},
         ],
         "rejected_count": 2,
@@ -104,7 +108,11 @@ def test_a_bad_numbers_body_is_422(server, sync_redis, method: str, body: Any, n
 def test_no_valid_number_lists_the_rejections(server) -> None:
     [response] = call(server, ("POST", "/v1/optouts", {"numbers": ["12"]}))
     assert response.json()["rejected"] == [
-        {"index": 0, "value": "12", "reason": "too short: 2 digits, need 8 to 15"}
+        {
+            "index": 0,
+            "value": "12",
+            "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
+        }
     ]
 
 

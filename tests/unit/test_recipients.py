@@ -44,7 +44,9 @@ def test_per_line_rejections_have_file_line_numbers(tmp_path: Path) -> None:
     assert result.numbers == [UK, FR]
     assert result.rejections == [
         Rejection(3, "abc", "contains 'a', which is not a digit"),
-        Rejection(5, "1234567", "too short: 7 digits, need 8 to 15"),
+        Rejection(
+            5, "1234567", "too short for +1 (US, AG, AI, \u2026): 6 digits after +1, need 10"
+        ),
     ]
     assert result.lines == 4
 

@@ -1,42 +1,51 @@
 """The HTTP API, for applications not written in Python: campaigns (create, status, report,
 control, resend), the opt-out list and inbound replies. `python -m producer.http --host H
---port P`; see docs/api.md. This module wires the routes and maps every failure to one JSON
-answer; the handlers live in http_campaigns (creating), http_control (an existing
-campaign) and http_optouts (the opt-out list), what they share in http_common.
+--port P`; see docs/api.md. This module holds the route table (what the OpenAPI document at
+/v1/openapi.json and the page at /v1/docs describe, producer/http_openapi.py) and maps every
+failure to a problem-details answer (producer/problems.py); the handlers live in
+http_campaigns (creating), http_control (an existing campaign) and http_optouts (the opt-out
+list), what they share in http_common, the bodies' models in http_models.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ledger import connection
 from ledger.settings import Settings
 from ledger.store import Ledger
-from producer import dashboard
+from producer import dashboard, problems
 from producer import http_campaigns as creating
 from producer import http_control as existing
+from producer import http_models as models
 from producer import http_optouts as optouts
 from producer.enqueue import Producer
-from producer.http_common import Api, Handler, answer, log
+from producer.http_common import (
+    CAMPAIGN_ID,
+    RETRY_AFTER_S,
+    Api,
+    Handler,
+    answer_problem,
+    log,
+    problem_response,
+)
+from producer.http_openapi import DOCS_CSP, Answer, Endpoint, document, json_answer, page
 from web import serve
 
-# Clients that see 503 may try again after this many seconds.
-RETRY_AFTER_S = 5
+__all__ = ["RETRY_AFTER_S", "ROUTES", "create_app", "main"]
 
-
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+OPENAPI_PATH = "/v1/openapi.json"
+DOCS_PATH = "/v1/docs"
 
 
 def _protected(handler: Handler, token: bytes) -> Callable[[Request], Awaitable[Response]]:
@@ -47,48 +56,253 @@ def _protected(handler: Handler, token: bytes) -> Callable[[Request], Awaitable[
         # compare_digest takes the same time wherever the first difference is.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
             log.warning("api_unauthorized", path=request.url.path)
-            response = _error(401, "missing or wrong bearer token")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="smsq"'
-            return response
-        return await answer(handler, request, _error)
+            return problem_response(
+                problems.problem("unauthorized", "missing or wrong bearer token"),
+                {"WWW-Authenticate": 'Bearer realm="smsq"'},
+            )
+        return await answer_problem(handler, request)
 
     return endpoint
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
-    """Unknown paths and wrong methods answer JSON too, like every other error."""
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods answer problem details too, like every other error."""
     assert isinstance(exc, HTTPException)
-    return JSONResponse(
-        {"error": exc.detail}, status_code=exc.status_code, headers=exc.headers or None
-    )
+    code = problems.BY_STATUS.get(exc.status_code, "internal_error")
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    elif exc.status_code == 404:
+        detail = f"no endpoint at {request.url.path}"
+    else:
+        detail = str(exc.detail)
+    return problem_response(problems.problem(code, detail), exc.headers)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    """A bug: a JSON answer without the traceback, which goes to the log."""
+    """A bug: a problem answer without the traceback, which goes to the log."""
     log.error("api_internal_error", path=request.url.path, error=repr(exc))
-    return JSONResponse({"error": "internal error; see the API's log"}, status_code=500)
+    return problem_response(problems.problem("internal_error", "internal error; see the API's log"))
 
 
-async def _health(_: Request) -> JSONResponse:
+# The endpoints without a token take the request only (and need no Redis).
+
+
+async def healthz(_: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("/v1/campaigns", "POST", creating.post_campaign),
-    ("/v1/campaigns/{cid}", "GET", existing.get_campaign),
-    ("/v1/campaigns/{cid}", "DELETE", existing.purge_campaign),
-    ("/v1/campaigns/{cid}/messages", "GET", existing.campaign_messages),
-    ("/v1/campaigns/{cid}/pause", "POST", existing.pause_campaign),
-    ("/v1/campaigns/{cid}/resume", "POST", existing.resume_campaign),
-    ("/v1/campaigns/{cid}/cancel", "POST", existing.cancel_campaign),
-    ("/v1/campaigns/{cid}/reschedule", "POST", existing.reschedule_campaign),
-    ("/v1/campaigns/{cid}/resend", "POST", creating.resend_campaign),
-    ("/v1/optouts", "GET", optouts.get_optouts),
-    ("/v1/optouts", "POST", optouts.add_optouts),
-    ("/v1/optouts", "DELETE", optouts.remove_optouts),
-    ("/v1/optouts/{number}", "GET", optouts.get_optout),
-    ("/v1/inbound", "POST", optouts.inbound),
+async def openapi_document(request: Request) -> Response:
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
+async def docs_page(request: Request) -> Response:
+    return HTMLResponse(request.app.state.docs, headers={"Content-Security-Policy": DOCS_CSP})
+
+
+# Each {name} in ROUTES' paths, as the document describes it.
+PATH_PARAMETERS = {
+    "cid": {
+        "description": "a campaign id (16 hex digits; another is answered 404 unread)",
+        "schema": {"type": "string", "pattern": f"^{CAMPAIGN_ID.pattern}$"},
+    },
+    "number": {
+        "description": "a phone number, normalised like destinations",
+        "schema": {"type": "string"},
+    },
+}
+_LOCATION = {"Location": "/v1/campaigns/{campaign_id}"}
+_CREATED = {
+    201: json_answer(models.CampaignCreated, "created", **_LOCATION),
+    200: Answer(
+        "a repeat with the same Idempotency-Key, or a dry run's preview",
+        {"application/json": (models.CampaignCreated, models.CampaignPreview)},
+    ),
+    202: json_answer(
+        models.CampaignCreated,
+        "stored, not all queued yet: the workers queue the rest",
+        **_LOCATION,
+    ),
+}
+_NO_CAMPAIGN = ("campaign_not_found",)
+_ENQUEUE = (
+    "invalid_number",
+    "no_valid_recipient",
+    "empty_text",
+    "text_too_long",
+    "invalid_template",
+    "unknown_trunk",
+    "invalid_send_at",
+    "idempotency_conflict",
+    "invalid_input",
+)
+
+ROUTES: list[Endpoint] = [
+    Endpoint(
+        "POST",
+        "/v1/campaigns",
+        creating.post_campaign,
+        "Create a campaign, or preview it (dry_run)",
+        _CREATED,
+        body=models.CampaignCreate,
+        problems=_ENQUEUE,
+        idempotent=True,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/campaigns/{cid}",
+        existing.get_campaign,
+        "A campaign's status",
+        {200: json_answer(models.CampaignStatus, "its status")},
+        problems=_NO_CAMPAIGN,
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/campaigns/{cid}",
+        existing.purge_campaign,
+        "Delete a finished (or cancelled) campaign now",
+        {200: json_answer(models.Purged, "purged")},
+        problems=(*_NO_CAMPAIGN, "campaign_pending"),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/campaigns/{cid}/messages",
+        existing.campaign_messages,
+        "One row per message, streamed",
+        {
+            200: Answer(
+                "one row per message: a JSON object a line, or CSV with a header line",
+                {
+                    "application/x-ndjson": models.MessageRow,
+                    "text/csv": {"type": "string"},
+                },
+            )
+        },
+        query=models.ReportQuery,
+        problems=_NO_CAMPAIGN,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/campaigns/{cid}/pause",
+        existing.pause_campaign,
+        "Stop posting the campaign's messages",
+        {200: json_answer(models.Paused, "paused")},
+        problems=(*_NO_CAMPAIGN, "campaign_finished"),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/campaigns/{cid}/resume",
+        existing.resume_campaign,
+        "Continue a paused campaign (and lift its trunk's halt or backoff)",
+        {200: json_answer(models.Resumed, "active again")},
+        problems=(*_NO_CAMPAIGN, "campaign_finished"),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/campaigns/{cid}/cancel",
+        existing.cancel_campaign,
+        "Cancel every message still queued",
+        {200: json_answer(models.Cancelled, "cancelled")},
+        problems=(*_NO_CAMPAIGN, "campaign_finished"),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/campaigns/{cid}/reschedule",
+        existing.reschedule_campaign,
+        "Move a scheduled campaign that has not started",
+        {200: json_answer(models.Rescheduled, "moved")},
+        body=models.Reschedule,
+        problems=(*_NO_CAMPAIGN, "campaign_not_scheduled", "invalid_send_at"),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/campaigns/{cid}/resend",
+        creating.resend_campaign,
+        "A new campaign of the recipients whose messages ended in the chosen states",
+        _CREATED,
+        body=models.Resend,
+        problems=(*_NO_CAMPAIGN, *_ENQUEUE, "nothing_to_resend"),
+        idempotent=True,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/optouts",
+        optouts.get_optouts,
+        "How many numbers are on the opt-out list, or every one (export)",
+        {
+            200: Answer(
+                "the count; with export, every number, one a line",
+                {"application/json": models.OptoutCount, "text/plain": {"type": "string"}},
+            )
+        },
+        query=models.OptoutsQuery,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/optouts",
+        optouts.add_optouts,
+        "Add numbers to the opt-out list",
+        {200: json_answer(models.OptoutsAdded, "added")},
+        body=models.Numbers,
+        problems=("invalid_number",),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/optouts",
+        optouts.remove_optouts,
+        "Take numbers off the opt-out list",
+        {200: json_answer(models.OptoutsRemoved, "removed")},
+        body=models.Numbers,
+        problems=("invalid_number",),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/optouts/{number}",
+        optouts.get_optout,
+        "Whether a number is on the opt-out list",
+        {200: json_answer(models.OptoutLookup, "the answer")},
+        problems=("invalid_number",),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/inbound",
+        optouts.inbound,
+        "Act on a STOP or START reply",
+        {200: json_answer(models.InboundResult, "what was done")},
+        body=models.Inbound,
+        problems=("invalid_number",),
+    ),
+    # Served without a token, as most APIs serve theirs: they say what docs/api.md says, and
+    # a problem's `type` links to the page.
+    Endpoint(
+        "GET",
+        OPENAPI_PATH,
+        openapi_document,
+        "This document",
+        {200: Answer("OpenAPI 3.1.0", {"application/json": {"type": "object"}})},
+        public=True,
+    ),
+    Endpoint(
+        "GET",
+        DOCS_PATH,
+        docs_page,
+        "This document as a page",
+        {200: Answer("HTML, loading nothing from elsewhere", {"text/html": {"type": "string"}})},
+        public=True,
+    ),
+    Endpoint(
+        "GET",
+        "/healthz",
+        healthz,
+        "Whether the process serves requests (Redis is not checked)",
+        {200: json_answer(models.Health, "serving")},
+        public=True,
+    ),
 ]
+DESCRIPTION = (
+    "Campaigns (create, status, report, pause, resume, cancel, reschedule, resend, purge), "
+    "the opt-out list and STOP/START replies: docs/api.md. Errors are RFC 9457 problem "
+    "details with a stable `code`."
+)
 
 
 def create_app(
@@ -110,17 +324,21 @@ def create_app(
             await client.aclose()
 
     routes = [
-        Route(path, _protected(handler, token), methods=[method])
-        for path, method, handler in ROUTES
-    ]
-    routes.append(Route("/healthz", _health, methods=["GET"]))
+        Route(e.path, e.handler if e.public else _protected(e.handler, token),
+              methods=[e.method])
+        for e in ROUTES
+    ]  # fmt: skip
     # The dashboard at / (docs/dashboard.md): its own session cookie, never the bearer token.
     routes.extend(dashboard.routes(token))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
+    doc = document(ROUTES, PATH_PARAMETERS, DESCRIPTION)
+    app.state.openapi = json.dumps(doc).encode()
+    app.state.docs = page(doc)
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:

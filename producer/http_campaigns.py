@@ -5,13 +5,12 @@ POST /v1/campaigns/{id}/resend, through the same producer as `smsq send` and `sm
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ledger.enqueuing import ENQUEUE_STALL_S
 from ledger.errors import InputError
@@ -21,35 +20,20 @@ from producer.enqueue import EnqueueResult, NotStored, Producer, StoredNotQueued
 from producer.http_common import (
     Api,
     ApiError,
-    boolean,
     campaign_id,
-    check_fields,
+    coded,
     idempotency_key,
     indexed,
     log,
     message_filter,
-    read_json,
-    required_string,
-    string,
-    string_list,
+    not_found,
+    read_body,
+    refused,
+    reply,
 )
+from producer.http_models import CampaignCreate, CampaignCreated, CampaignPreview, Resend
 from producer.numbers import NumbersResult, normalize_recipients
-
-# Fields of POST /v1/campaigns; any other is refused, so a misspelt one is not ignored.
-REQUIRED_FIELDS = ("source", "text")
-RECIPIENT_FIELDS = ("destinations", "recipients")
-OPTIONAL_FIELDS = (
-    "name",
-    "ttl_s",
-    "priority",
-    "trunk",
-    "send_at",
-    "window",
-    "timezone",
-    "dry_run",
-)
-# Keys of a recipient given as an object.
-RECIPIENT_KEYS = frozenset({"destination", "fields"})
+from producer.problems import code_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,68 +53,37 @@ class Outcome:
 
     status: int
     body: dict[str, Any]
+    preview: bool = False
 
 
-def parse_campaign(doc: Mapping[str, Any]) -> CampaignRequest:
-    """Check a POST /v1/campaigns body's shape; the producer checks what the values mean."""
-    check_fields(doc, REQUIRED_FIELDS, (*RECIPIENT_FIELDS, *OPTIONAL_FIELDS))
-    given = [name for name in RECIPIENT_FIELDS if name in doc]
+def parse_campaign(req: CampaignCreate) -> CampaignRequest:
+    """A POST /v1/campaigns body whose shape its model checked, as the producer takes it;
+    the producer checks what the values mean."""
+    given = [name for name in ("destinations", "recipients") if getattr(req, name) is not None]
     if not given:
-        raise ApiError(422, "destinations: required (or recipients)")
+        raise ApiError(
+            "missing_field",
+            "destinations: required (or recipients)",
+            errors=[{"field": "destinations", "reason": "required (or recipients)"}],
+        )
     if len(given) > 1:
-        raise ApiError(422, "give destinations or recipients, not both")
-    source, text = required_string(doc, "source"), required_string(doc, "text")
-    if given[0] == "destinations":
-        recipients: list[Any] = string_list(doc, "destinations")
-    else:
-        recipients = parse_recipients(doc["recipients"])
-    ttl_s = doc.get("ttl_s")
-    # bool is an int in Python, and true is no number of seconds.
-    if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1):
-        raise ApiError(422, "ttl_s: must be a positive whole number of seconds or null")
-    try:
-        send_at = parse_send_at(string(doc, "send_at"))
-    except InputError as exc:
-        raise ApiError(422, f"send_at: {exc}") from None
+        raise ApiError(
+            "invalid_field",
+            "give destinations or recipients, not both",
+            errors=[{"field": "recipients", "reason": "not with destinations"}],
+        )
+    recipients: list[Any] = req.destinations if req.destinations is not None else req.recipients
     options = {
-        "name": string(doc, "name"),
-        "ttl_s": ttl_s,
-        "priority": boolean(doc, "priority"),
-        "trunk": string(doc, "trunk"),
-        "send_at": send_at,
-        "window": string(doc, "window"),
-        "timezone": string(doc, "timezone"),
+        "name": req.name,
+        "ttl_s": req.ttl_s,
+        "priority": req.priority,
+        "trunk": req.trunk,
+        # Its model has checked it.
+        "send_at": parse_send_at(req.send_at),
+        "window": req.window,
+        "timezone": req.timezone,
     }
-    return CampaignRequest(source, text, recipients, options, boolean(doc, "dry_run"))
-
-
-def parse_recipients(value: Any) -> list[str | dict[str, Any]]:
-    """`recipients`: numbers, or objects {"destination": "...", "fields": {"name": "Ana"}}
-    whose field values are text, numbers or null; the first malformed item is named."""
-    if not isinstance(value, list):
-        raise ApiError(422, "recipients: must be an array")
-    for index, item in enumerate(value):
-        where = f"recipients[{index}]"
-        if isinstance(item, str):
-            continue
-        if not isinstance(item, dict):
-            raise ApiError(422, f"{where}: must be a string or an object {{destination, fields}}")
-        unknown = sorted(set(item) - RECIPIENT_KEYS)
-        if unknown:
-            raise ApiError(
-                422, f"{where}: unknown key {unknown[0]!r} (the keys are destination, fields)"
-            )
-        if not isinstance(item.get("destination"), str):
-            raise ApiError(422, f"{where}.destination: required, a string")
-        fields = item.get("fields")
-        if fields is None:
-            continue
-        if not isinstance(fields, dict):
-            raise ApiError(422, f"{where}.fields: must be an object")
-        for name, v in fields.items():
-            if v is not None and (isinstance(v, bool) or not isinstance(v, str | int | float)):
-                raise ApiError(422, f"{where}.fields.{name}: must be a string, a number or null")
-    return value
+    return CampaignRequest(req.source, req.text, recipients, options, req.dry_run)
 
 
 def created_body(result: EnqueueResult) -> dict[str, Any]:
@@ -173,18 +126,20 @@ def enqueue(
     try:
         plan = producer.plan(source, text, numbers, **options)
         if dry_run:
-            return Outcome(200, preview_body(plan.summary()))
+            return Outcome(200, preview_body(plan.summary()), preview=True)
         result = producer.write(plan, idempotency_key=key)
     except InputError as exc:
-        rejected = numbers.rejections
+        code = code_of(exc)
+        # The rejected recipients are what is at fault when none is left.
+        rejected = numbers.rejections if code == "no_valid_recipient" else []
         raise ApiError(
-            422, str(exc), rejected=indexed(rejected), rejected_count=len(rejected)
+            code, str(exc), errors=indexed(rejected), errors_count=len(rejected)
         ) from None
     except NotStored as exc:
         # Nothing is left (or, said in the message, Redis could not tell): a retry is safe.
         log.error("api_enqueue_not_stored", error=str(exc), maybe_stored=exc.maybe_stored)
-        extra = {"campaign_id": exc.campaign_id} if exc.maybe_stored else {}
-        raise ApiError(503, str(exc), **extra) from None
+        maybe = exc.campaign_id if exc.maybe_stored else None
+        raise ApiError("redis_unavailable", str(exc), campaign_id=maybe) from None
     except StoredNotQueued as exc:
         log.error("api_enqueue_incomplete", campaign_id=exc.campaign_id, error=str(exc))
         return Outcome(
@@ -205,17 +160,17 @@ def create_campaign(producer: Producer, req: CampaignRequest, key: str | None) -
     return enqueue(producer, req.source, req.text, numbers, req.options, key, req.dry_run)
 
 
-def _answer(outcome: Outcome, **extra: Any) -> JSONResponse:
+def _answer(outcome: Outcome, **extra: Any) -> Response:
     body = {**outcome.body, **extra}
-    headers = None
-    if "campaign_id" in body:
-        headers = {"Location": f"/v1/campaigns/{body['campaign_id']}"}
-    return JSONResponse(body, status_code=outcome.status, headers=headers)
+    if outcome.preview:
+        return reply(CampaignPreview, body)
+    location = {"Location": f"/v1/campaigns/{body['campaign_id']}"}
+    return reply(CampaignCreated, body, outcome.status, headers=location)
 
 
 async def post_campaign(request: Request, api: Api) -> Response:
     key = idempotency_key(request)
-    req = parse_campaign(await read_json(request))
+    req = parse_campaign(await read_body(request, CampaignCreate))
     outcome = await run_in_threadpool(create_campaign, api.producer, req, key)
     if outcome.status in (200, 201) and not req.dry_run:
         log.info(
@@ -230,39 +185,31 @@ async def post_campaign(request: Request, api: Api) -> Response:
     return _answer(outcome)
 
 
-def _filter_text(doc: Mapping[str, Any], name: str, kind: type) -> str | None:
+def _text(value: str | list[Any] | None) -> str | None:
     """`state` or `code` as comma-separated text: given as text or as an array."""
-    value = doc.get(name)
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, list) and all(
-        isinstance(v, kind) and not isinstance(v, bool) for v in value
-    ):
-        return ",".join(str(v) for v in value)
-    what = "state names" if kind is str else "whole numbers"
-    raise ApiError(422, f"{name}: must be a comma-separated string or an array of {what}")
+    return ",".join(str(v) for v in value)
 
 
-def resend_filter(doc: Mapping[str, Any]) -> reports.Filter:
-    check_fields(doc, ("state",), ("code",))
-    states = _filter_text(doc, "state", str)
-    codes = _filter_text(doc, "code", int)
+def resend_filter(req: Resend) -> reports.Filter:
+    states = _text(req.state)
     if not states or not states.strip(" ,"):
-        raise ApiError(422, 'state: required, e.g. "failed,unknown"')
-    return message_filter(states, codes, reports.RESENDABLE)
+        raise refused("state", 'required, e.g. "failed,unknown"', states, code="missing_field")
+    return message_filter(states, _text(req.code), reports.RESENDABLE, parameter=False)
 
 
 async def resend_campaign(request: Request, api: Api) -> Response:
     cid = campaign_id(request)
     key = idempotency_key(request)
-    keep = resend_filter(await read_json(request))
+    keep = resend_filter(await read_body(request, Resend))
     parent = await api.ledger.campaign(cid)
     if parent is None:
-        raise ApiError(404, f"no campaign {cid!r}")
+        raise not_found(cid)
     try:
         numbers = await resends.recipients(api.ledger.redis, parent, keep)
     except InputError as exc:
-        raise ApiError(422, str(exc)) from None
+        raise coded(exc, "nothing_to_resend") from None
     outcome = await run_in_threadpool(
         enqueue, api.producer, parent.source, parent.text, numbers, resends.options(parent), key
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ledger.errors import InputError
 from ledger.states import CampaignState
@@ -16,43 +16,47 @@ from producer import report as reports
 from producer.enqueue import parse_send_at
 from producer.http_common import (
     Api,
-    ApiError,
     campaign_id,
-    check_fields,
-    check_query,
+    coded,
     log,
     message_filter,
-    read_json,
-    required_string,
+    not_found,
+    read_body,
+    read_query,
+    reply,
     stream,
+)
+from producer.http_models import (
+    CampaignStatus,
+    Cancelled,
+    Paused,
+    Purged,
+    ReportQuery,
+    Reschedule,
+    Rescheduled,
+    Resumed,
 )
 from producer.plan import check_schedule
 
 # The report's media types by format; NDJSON is the default.
 REPORT_MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
-REPORT_PARAMETERS = ("state", "code", "format")
-
-
-async def _not_found_or_cancelled(api: Api, cid: str) -> ApiError:
-    if await api.ledger.campaign(cid) is None:
-        return ApiError(404, f"no campaign {cid!r}")
-    return ApiError(409, f"campaign {cid} is cancelled")
 
 
 async def get_campaign(request: Request, api: Api) -> Response:
     cid = campaign_id(request)
     status = await api.ledger.status(cid)
     if status is None:
-        raise ApiError(404, f"no campaign {cid!r}")
-    return JSONResponse(status.as_dict())
+        raise not_found(cid)
+    return reply(CampaignStatus, status.as_dict())
 
 
 async def pause_campaign(request: Request, api: Api) -> Response:
     cid = campaign_id(request)
+    # An ended campaign raises CampaignFinished: a 409 campaign_finished.
     if not await api.ledger.set_state(cid, CampaignState.PAUSED):
-        raise await _not_found_or_cancelled(api, cid)
+        raise not_found(cid)
     log.info("campaign_paused", campaign_id=cid)
-    return JSONResponse({"campaign_id": cid, "state": str(CampaignState.PAUSED)})
+    return reply(Paused, {"campaign_id": cid, "state": str(CampaignState.PAUSED)})
 
 
 async def resume_campaign(request: Request, api: Api) -> Response:
@@ -62,20 +66,21 @@ async def resume_campaign(request: Request, api: Api) -> Response:
     # moment (kombu is synchronous); resuming is rare and its batches are few.
     resumed = await control.resume(api.producer.celery, api.ledger, cid, why)
     if resumed is None:
-        raise await _not_found_or_cancelled(api, cid)
+        raise not_found(cid)
     log.info(
         "campaign_resumed",
         campaign_id=cid,
         batches=resumed.batches_queued,
         halt_lifted=resumed.halt_lifted,
     )
-    return JSONResponse(
+    return reply(
+        Resumed,
         {
             "campaign_id": cid,
             "state": str(CampaignState.ACTIVE),
             "batches_queued": resumed.batches_queued,
             "halt_lifted": resumed.halt_lifted,
-        }
+        },
     )
 
 
@@ -83,29 +88,27 @@ async def cancel_campaign(request: Request, api: Api) -> Response:
     cid = campaign_id(request)
     moved = await control.cancel(api.ledger, cid)
     if moved is None:
-        raise ApiError(404, f"no campaign {cid!r}")
+        raise not_found(cid)
     log.info("campaign_cancelled", campaign_id=cid, cancelled=moved)
-    return JSONResponse(
-        {"campaign_id": cid, "state": str(CampaignState.CANCELLED), "cancelled": moved}
+    return reply(
+        Cancelled, {"campaign_id": cid, "state": str(CampaignState.CANCELLED), "cancelled": moved}
     )
 
 
 async def reschedule_campaign(request: Request, api: Api) -> Response:
     cid = campaign_id(request)
-    doc = await read_json(request)
-    check_fields(doc, ("send_at",), ())
-    try:
-        at = check_schedule(parse_send_at(required_string(doc, "send_at")), time.time())
-    except InputError as exc:
-        raise ApiError(422, f"send_at: {exc}") from None
+    # Its model checked the time (a zone, in the future, within a year).
+    at = check_schedule(parse_send_at((await read_body(request, Reschedule)).send_at), time.time())
     try:
         moved = await control.reschedule(api.ledger, cid, at)
     except InputError as exc:
-        raise ApiError(409, str(exc)) from None
+        raise coded(exc, "campaign_not_scheduled") from None
     if moved is None:
-        raise ApiError(404, f"no campaign {cid!r}")
+        raise not_found(cid)
     log.info("campaign_rescheduled", campaign_id=cid, send_at=at)
-    return JSONResponse({"campaign_id": cid, "state": str(CampaignState.SCHEDULED), "send_at": at})
+    return reply(
+        Rescheduled, {"campaign_id": cid, "state": str(CampaignState.SCHEDULED), "send_at": at}
+    )
 
 
 async def purge_campaign(request: Request, api: Api) -> Response:
@@ -113,28 +116,23 @@ async def purge_campaign(request: Request, api: Api) -> Response:
     try:
         gone = await control.purge(api.ledger, cid)
     except InputError as exc:
-        raise ApiError(409, str(exc)) from None
+        raise coded(exc, "campaign_pending") from None
     if not gone:
-        raise ApiError(404, f"no campaign {cid!r}")
+        raise not_found(cid)
     log.info("campaign_purged", campaign_id=cid)
-    return JSONResponse({"campaign_id": cid, "purged": True})
+    return reply(Purged, {"campaign_id": cid, "purged": True})
 
 
 async def campaign_messages(request: Request, api: Api) -> Response:
     """The per-message report, streamed: every check that can fail is made before the first
     byte, since a stream that has started cannot turn into an error answer."""
     cid = campaign_id(request)
-    check_query(request, REPORT_PARAMETERS)
-    query = request.query_params
-    fmt = query.get("format", "jsonl")
-    if fmt not in REPORT_MEDIA_TYPES:
-        raise ApiError(422, f"format: {fmt!r} is not one of {', '.join(REPORT_MEDIA_TYPES)}")
-    # state=failed&state=unknown means the same as state=failed,unknown.
-    keep = message_filter(",".join(query.getlist("state")), ",".join(query.getlist("code")))
+    query = read_query(request, ReportQuery)
+    keep = message_filter(query.state, query.code)
     c = await api.ledger.campaign(cid)
     if c is None:
-        raise ApiError(404, f"no campaign {cid!r}")
-    chunks = reports.render(api.ledger.redis, c, keep, fmt)
+        raise not_found(cid)
+    chunks = reports.render(api.ledger.redis, c, keep, query.format)
     return StreamingResponse(
-        stream(chunks, "campaign_messages"), media_type=REPORT_MEDIA_TYPES[fmt]
+        stream(chunks, "campaign_messages"), media_type=REPORT_MEDIA_TYPES[query.format]
     )

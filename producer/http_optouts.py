@@ -10,19 +10,28 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from producer.http_common import (
     Api,
     ApiError,
-    check_fields,
-    check_query,
     indexed,
     log,
-    read_json,
-    required_string,
+    read_body,
+    read_query,
+    refused,
+    reply,
     stream,
-    string_list,
+)
+from producer.http_models import (
+    Inbound,
+    InboundResult,
+    Numbers,
+    OptoutCount,
+    OptoutLookup,
+    OptoutsAdded,
+    OptoutsQuery,
+    OptoutsRemoved,
 )
 from producer.numbers import InvalidNumber, NumbersResult, normalize, normalize_many
 
@@ -32,8 +41,8 @@ STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit
 START_WORDS = frozenset({"start", "unstop", "yes", "optin"})
 # Numbers per chunk of GET /v1/optouts?export=1.
 EXPORT_CHUNK_NUMBERS = 10_000
-# ?export= values, as people write a flag.
-FLAG_VALUES = {"1": True, "true": True, "0": False, "false": False, "": False}
+# ?export= values that ask for the export (its model takes these and 0, false, nothing).
+EXPORT_VALUES = frozenset({"1", "true"})
 
 
 def keyword_action(text: str) -> str:
@@ -52,20 +61,17 @@ def keyword_action(text: str) -> str:
     return "none"
 
 
-def _number(raw: str, what: str) -> str:
+def _number(raw: str, what: str, *, parameter: bool = False) -> str:
     try:
         return normalize(raw)
     except InvalidNumber as exc:
-        raise ApiError(422, f"{what}: invalid number {raw!r}: {exc.reason}") from None
+        reason = f"invalid number {raw!r}: {exc.reason}"
+        raise refused(what, reason, raw, code="invalid_number", parameter=parameter) from None
 
 
 async def get_optouts(request: Request, api: Api) -> Response:
-    check_query(request, ("export",))
-    flag = request.query_params.get("export", "").strip().lower()
-    if flag not in FLAG_VALUES:
-        raise ApiError(422, f"export: must be 1 or 0, not {flag!r}")
-    if not FLAG_VALUES[flag]:
-        return JSONResponse({"count": await api.ledger.optout_count()})
+    if read_query(request, OptoutsQuery).export not in EXPORT_VALUES:
+        return reply(OptoutCount, {"count": await api.ledger.optout_count()})
     return StreamingResponse(
         stream(_lines(api.ledger.optout_numbers()), "optouts_export"), media_type="text/plain"
     )
@@ -84,14 +90,13 @@ async def _lines(numbers: AsyncIterator[str]) -> AsyncIterator[str]:
 
 async def _numbers(request: Request) -> NumbersResult:
     """The body's `numbers`, normalised and de-duplicated; 422 when none is valid."""
-    doc = await read_json(request)
-    check_fields(doc, ("numbers",), ())
-    found = normalize_many(string_list(doc, "numbers"))
+    found = normalize_many((await read_body(request, Numbers)).numbers)
     if not found.numbers:
         raise ApiError(
-            422,
+            "invalid_number",
             f"no valid number ({len(found.rejections)} rejected)",
-            **_rejected(found),
+            errors=indexed(found.rejections),
+            errors_count=len(found.rejections),
         )
     return found
 
@@ -100,16 +105,19 @@ def _rejected(found: NumbersResult) -> dict[str, Any]:
     return {"rejected": indexed(found.rejections), "rejected_count": len(found.rejections)}
 
 
-# Per action, the answer's names for what was done and for the others.
-_CHANGES = {"add": ("added", "already_listed"), "remove": ("removed", "not_listed")}
+# Per action, the answer's model and its names for what was done and for the others.
+_CHANGES = {
+    "add": (OptoutsAdded, "added", "already_listed"),
+    "remove": (OptoutsRemoved, "removed", "not_listed"),
+}
 
 
 async def _change(request: Request, api: Api, action: str) -> Response:
     found = await _numbers(request)
     changed = await api.ledger.optout_change(action, found.numbers)
-    done, others = _CHANGES[action]
+    model, done, others = _CHANGES[action]
     log.info(f"optouts_{done}", **{done: changed}, rejected=len(found.rejections))
-    return JSONResponse({done: changed, others: len(found.numbers) - changed, **_rejected(found)})
+    return reply(model, {done: changed, others: len(found.numbers) - changed, **_rejected(found)})
 
 
 async def add_optouts(request: Request, api: Api) -> Response:
@@ -121,17 +129,15 @@ async def remove_optouts(request: Request, api: Api) -> Response:
 
 
 async def get_optout(request: Request, api: Api) -> Response:
-    number = _number(str(request.path_params["number"]), "number")
+    number = _number(str(request.path_params["number"]), "number", parameter=True)
     [listed] = await api.ledger.optout_contains([number])
-    return JSONResponse({"number": number, "opted_out": listed})
+    return reply(OptoutLookup, {"number": number, "opted_out": listed})
 
 
 async def inbound(request: Request, api: Api) -> Response:
-    doc = await read_json(request)
-    check_fields(doc, ("source", "text"), ())
-    number = _number(required_string(doc, "source"), "source")
-    text = required_string(doc, "text")
-    action = keyword_action(text)
+    req = await read_body(request, Inbound)
+    number = _number(req.source, "source")
+    action = keyword_action(req.text)
     changed = False
     if action == "opted_out":
         changed = await api.ledger.optout_change("add", [number]) > 0
@@ -139,4 +145,4 @@ async def inbound(request: Request, api: Api) -> Response:
         changed = await api.ledger.optout_change("remove", [number]) > 0
     # No number in the log: a reply's sender is personal data.
     log.info("inbound_reply", action=action, changed=changed)
-    return JSONResponse({"action": action, "number": number, "changed": changed})
+    return reply(InboundResult, {"action": action, "number": number, "changed": changed})

@@ -98,7 +98,9 @@ def test_a_full_redis_during_an_enqueue_over_http(make_stack, request, tmp_path:
     client.config_set("maxmemory", _used(client) + whole // 4)
     refused = api.post("/v1/campaigns", json=_body(first), headers={"Idempotency-Key": "one"})
     assert refused.status_code == 503, refused.text
-    assert "nothing was kept" in refused.json()["error"]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "redis_unavailable"
+    assert "nothing was kept" in refused.json()["detail"]
     assert _campaign_keys(client) == []
     assert client.zcard(keys.enqueuing()) == 0 and client.keys("smsq:idem:*") == []
 

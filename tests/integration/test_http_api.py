@@ -83,8 +83,12 @@ def test_a_campaign_created_over_http_is_sent_and_watched(make_stack, request) -
     with wrong:
         refused = wrong.post("/v1/campaigns", json={"source": SOURCE, "text": "x"})
         assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "unauthorized"
         assert wrong.get(f"/v1/campaigns/{cid}").status_code == 401
     assert httpx.get(f"{url}/v1/campaigns/{cid}").status_code == 401
+    # The description is served without a token.
+    assert httpx.get(f"{url}/v1/openapi.json").json()["openapi"] == "3.1.0"
 
     status = wait_status(api, cid, lambda s: bool(s["done"]))
     assert status["counts"]["sent"] == 20 and status["name"] == "over-http"

@@ -25,7 +25,7 @@ from ledger.rate import RateParams
 from ledger.settings import Settings
 from ledger.states import ALL_STATES, CampaignState
 from ledger.store import Ledger
-from producer import http, http_common
+from producer import http, http_common, problems
 from producer.enqueue import MAX_REPORTED_REJECTIONS, Producer
 
 API_TOKEN = "api-SECRET-token"
@@ -140,6 +140,24 @@ def stored_campaigns(sync_redis: fakeredis.FakeRedis) -> list[bytes]:
     return list(sync_redis.zrange(keys.campaigns(), 0, -1))
 
 
+PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code", "errors", "errors_count"}
+
+
+def problem(response: httpx.Response, code: str | None = None) -> dict[str, Any]:
+    """The answer's problem details (RFC 9457), checked against producer/problems.py's table:
+    its media type, its status and title those of its code (`code` when given)."""
+    assert response.headers["content-type"] == problems.MEDIA_TYPE, response.text
+    body = dict(response.json())
+    spec = problems.CODES[body["code"]]
+    assert code is None or body["code"] == code, body
+    assert response.status_code == body["status"] == spec.status, body
+    assert body["type"] == f"/v1/docs#{body['code']}" and body["title"] == spec.title
+    assert isinstance(body["detail"], str) and body["detail"], body
+    assert PROBLEM_MEMBERS <= set(body) <= {*PROBLEM_MEMBERS, "campaign_id"}, body
+    assert body["errors_count"] >= len(body["errors"])
+    return body
+
+
 def urgent_lane(sync_redis: fakeredis.FakeRedis) -> list[str]:
     return [m.decode() for m in sync_redis.lrange(keys.urgent("default"), 0, -1)]
 
@@ -235,12 +253,18 @@ def test_priority_false_is_an_ordinary_campaign(server, sync_redis) -> None:
     assert celery.sent == [(SEND_BATCH, [cid, 0], CAMPAIGN_QUEUE)]
 
 
+def cut(value: Any) -> dict[str, Any]:
+    """An item's `value` member: a scalar's (null left out), never an array or object."""
+    return {} if value is None or isinstance(value, list | dict) else {"value": value}
+
+
 @pytest.mark.parametrize("value", ["true", 1, 0, None, [], {}, "yes"])
 def test_priority_must_be_a_boolean(server, sync_redis, value: Any) -> None:
     celery = FakeCelery()
     response = create(server, campaign_body(priority=value), celery)
-    assert response.status_code == 422, response.text
-    assert response.json() == {"error": "priority: must be true or false"}
+    out = problem(response, "invalid_field")
+    assert out["detail"] == "priority: must be true or false"
+    assert out["errors"] == [{"field": "priority", "reason": "must be true or false", **cut(value)}]
     assert stored_campaigns(sync_redis) == [] and urgent_lane(sync_redis) == []
     assert celery.sent == []
 
@@ -254,69 +278,73 @@ def test_rejections_listed_are_capped_but_all_counted(server) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "status", "names"),
+    ("body", "code", "names"),
     [
-        (b"{not json", 400, "not valid JSON"),
-        (b"\xff\xfe\x00", 400, "not valid JSON"),
-        (b"[" * 100_000, 400, "not valid JSON"),
-        ([], 422, "JSON object"),
-        ({"text": "hi", "destinations": NUMBERS}, 422, "source: required"),
-        ({"source": SOURCE, "destinations": NUMBERS}, 422, "text: required"),
-        ({"source": SOURCE, "text": "hi"}, 422, "destinations: required"),
-        (campaign_body(source=37041123456), 422, "source: must be a string"),
-        (campaign_body(text=None), 422, "text: must be a string"),
-        (campaign_body(destinations="37041654321"), 422, "destinations: must be an array"),
-        (campaign_body(destinations=["37041654321", 37041654322]), 422, "destinations[1]"),
-        (campaign_body(name=5), 422, "name: must be a string"),
-        (campaign_body(ttl_s=0), 422, "ttl_s"),
-        (campaign_body(ttl_s=-5), 422, "ttl_s"),
-        (campaign_body(ttl_s=1.5), 422, "ttl_s"),
-        (campaign_body(ttl_s=True), 422, "ttl_s"),
-        (campaign_body(ttl_s="60"), 422, "ttl_s"),
-        (campaign_body(destination=["37041654321"]), 422, "unknown field 'destination'"),
+        (b"{not json", "invalid_json", "not valid JSON"),
+        (b"\xff\xfe\x00", "invalid_json", "not valid JSON"),
+        (b"[" * 100_000, "invalid_json", "not valid JSON"),
+        ([], "invalid_body", "JSON object"),
+        ({"text": "hi", "destinations": NUMBERS}, "missing_field", "source: required"),
+        ({"source": SOURCE, "destinations": NUMBERS}, "missing_field", "text: required"),
+        ({"source": SOURCE, "text": "hi"}, "missing_field", "destinations: required"),
+        (campaign_body(source=37041123456), "invalid_field", "source: must be a string"),
+        (campaign_body(text=None), "invalid_field", "text: must be a string"),
+        (campaign_body(destinations="37041654321"), "invalid_field", "destinations: must be an"),
+        (campaign_body(destinations=["37041654321", 1]), "invalid_field", "destinations[1]: must"),
+        (campaign_body(name=5), "invalid_field", "name: must be a string"),
+        (campaign_body(name="n" * 201), "invalid_field", "name: must be at most 200 characters"),
+        (campaign_body(ttl_s=0), "invalid_field", "ttl_s: must be at least 1"),
+        (campaign_body(ttl_s=-5), "invalid_field", "ttl_s: must be at least 1"),
+        (campaign_body(ttl_s=1.5), "invalid_field", "ttl_s: must be a whole number"),
+        (campaign_body(ttl_s=True), "invalid_field", "ttl_s: must be a whole number"),
+        (campaign_body(ttl_s="60"), "invalid_field", "ttl_s: must be a whole number"),
+        (campaign_body(destination=["37041654321"]), "unknown_field", "unknown field 'destinat"),
         (
             campaign_body(urgent=True),
-            422,
+            "unknown_field",
             "unknown field 'urgent' (the fields are source, text, destinations, recipients, "
             "name, ttl_s, priority, trunk, send_at, window, timezone, dry_run)",
         ),
+        # A misspelt field is named first, whatever else is wrong.
+        ({"text": 5, "to": ["37041654321"]}, "unknown_field", "unknown field 'to'"),
     ],
 )
 def test_malformed_bodies_are_refused_naming_the_field(
-    server, sync_redis, body: Any, status: int, names: str
+    server, sync_redis, body: Any, code: str, names: str
 ) -> None:
     celery = FakeCelery()
     response = create(server, body, celery)
-    assert response.status_code == status, response.text
-    assert names in response.json()["error"]
+    assert names in problem(response, code)["detail"]
     assert stored_campaigns(sync_redis) == [] and celery.sent == []
 
 
 @pytest.mark.parametrize(
-    ("fields", "names"),
+    ("fields", "code", "names"),
     [
-        ({"text": "  "}, "the message text is empty"),
-        ({"source": "12"}, "invalid source number"),
-        ({"text": "x" * 2000}, "SMS segments"),
-        ({"text": "hi \ud800"}, "message text is not valid UTF-8"),
-        ({"name": "n\udcff"}, "campaign name is not valid UTF-8"),
-        ({"destinations": []}, "no valid destination number"),
+        ({"text": "  "}, "empty_text", "the message text is empty"),
+        ({"source": "12"}, "invalid_number", "invalid source number"),
+        ({"text": "x" * 2000}, "text_too_long", "SMS segments"),
+        ({"text": "hi {name"}, "invalid_template", "{name"),
+        ({"text": "hi \ud800"}, "invalid_input", "message text is not valid UTF-8"),
+        ({"name": "n\udcff"}, "invalid_field", "name: must be valid UTF-8 text"),
+        ({"destinations": []}, "no_valid_recipient", "no valid destination number"),
     ],
 )
-def test_values_the_producer_refuses_are_422(server, sync_redis, fields, names: str) -> None:
+def test_values_the_producer_refuses_are_422(
+    server, sync_redis, fields, code: str, names: str
+) -> None:
     celery = FakeCelery()
     response = create(server, campaign_body(**fields), celery)
-    assert response.status_code == 422, response.text
-    assert names in response.json()["error"]
+    assert names in problem(response, code)["detail"]
     assert stored_campaigns(sync_redis) == [] and celery.sent == []
 
 
 def test_no_valid_destination_is_422_with_every_rejection(server, sync_redis) -> None:
     response = create(server, campaign_body(destinations=["12", "abc"]))
-    assert response.status_code == 422
-    out = response.json()
-    assert out["error"] == "no valid destination number (2 rejected)"
-    assert [r["index"] for r in out["rejected"]] == [0, 1] and out["rejected_count"] == 2
+    out = problem(response, "no_valid_recipient")
+    assert out["detail"] == "no valid destination number (2 rejected)"
+    assert [r["index"] for r in out["errors"]] == [0, 1] and out["errors_count"] == 2
+    assert [r["value"] for r in out["errors"]] == ["12", "abc"]
     assert stored_campaigns(sync_redis) == []
 
 
@@ -333,7 +361,7 @@ def test_other_content_types_are_415(server, sync_redis, content_type: str | Non
         )
 
     response = run(server, steps)
-    assert response.status_code == 415 and "application/json" in response.json()["error"]
+    assert "application/json" in problem(response, "unsupported_media_type")["detail"]
     assert stored_campaigns(sync_redis) == []
 
 
@@ -351,7 +379,7 @@ def test_json_with_a_charset_is_accepted(server) -> None:
 def test_body_over_the_limit_is_413(server, sync_redis, monkeypatch) -> None:
     monkeypatch.setattr(http_common, "MAX_BODY_BYTES", 1024)
     response = create(server, campaign_body(destinations=[f"3704165{i:04d}" for i in range(100)]))
-    assert response.status_code == 413 and "1024 bytes" in response.json()["error"]
+    assert "1024 bytes" in problem(response, "body_too_large")["detail"]
     assert stored_campaigns(sync_redis) == []
 
 
@@ -369,7 +397,7 @@ def test_streamed_body_over_the_limit_without_length_is_413(server, monkeypatch)
         return await client.post("/v1/campaigns", content=chunks(), headers=headers)
 
     response = run(server, steps)
-    assert response.status_code == 413
+    problem(response, "body_too_large")
     # Refused as the limit was crossed, not after reading the whole body.
     assert len(sent) < 100
 
@@ -377,9 +405,8 @@ def test_streamed_body_over_the_limit_without_length_is_413(server, monkeypatch)
 def test_redis_down_while_creating_is_503(server) -> None:
     server.connected = False
     response = create(server, campaign_body())
-    assert response.status_code == 503
+    assert "Redis" in problem(response, "redis_unavailable")["detail"]
     assert response.headers["retry-after"] == str(http.RETRY_AFTER_S)
-    assert "Redis" in response.json()["error"]
 
 
 def test_stored_but_not_queued_is_202_naming_the_campaign(server, sync_redis) -> None:
@@ -444,9 +471,8 @@ def test_missing_or_wrong_token_is_401(
         return await client.request(method, path, content=content, headers=headers)
 
     response = run(server, steps, celery=celery)
-    assert response.status_code == 401
-    assert response.headers["www-authenticate"].startswith("Bearer")
-    assert response.json() == {"error": "missing or wrong bearer token"}
+    assert problem(response, "unauthorized")["detail"] == "missing or wrong bearer token"
+    assert response.headers["www-authenticate"] == 'Bearer realm="smsq"'
     assert API_TOKEN not in response.text
     assert stored_campaigns(sync_redis) == [cid.encode()] and celery.sent == []
     assert stored(sync_redis, cid).state == "active"
@@ -627,8 +653,9 @@ def test_unknown_campaign_is_404(server, cid: str) -> None:
         ]
 
     for response in run(server, steps):
-        assert response.status_code == 404, response.text
-        assert "no campaign" in response.json()["error"]
+        # %20 arrives as a space.
+        out = problem(response, "campaign_not_found")
+        assert out["detail"] == f"no campaign {cid.replace('%20', ' ')!r}"
 
 
 @pytest.mark.parametrize(
@@ -647,8 +674,7 @@ def test_an_id_that_cannot_be_a_campaigns_is_404_unread(server, method: str, pat
         return await client.request(method, path, headers=AUTH)
 
     response = run(server, steps)
-    assert response.status_code == 404, response.text
-    assert response.json() == {"error": "no campaign 'c1'"}
+    assert problem(response, "campaign_not_found")["detail"] == "no campaign 'c1'"
 
 
 def test_redis_down_while_reading_status_is_503(server) -> None:
@@ -658,7 +684,8 @@ def test_redis_down_while_reading_status_is_503(server) -> None:
         return await client.get(f"/v1/campaigns/{ABSENT}", headers=AUTH)
 
     response = run(server, steps)
-    assert response.status_code == 503 and response.headers["retry-after"]
+    problem(response, "redis_unavailable")
+    assert response.headers["retry-after"] == str(http.RETRY_AFTER_S)
 
 
 # --- pause, resume, cancel
@@ -723,12 +750,12 @@ def test_resume_lifts_a_halt_or_backoff_and_requeues_parked_batches(
     assert [e["type"] for e in read_events()] == [restored]
 
 
-def test_cancel_cancels_queued_messages_and_is_repeatable(server, sync_redis, counts) -> None:
+def test_cancel_cancels_queued_messages_and_a_repeat_is_409(server, sync_redis, counts) -> None:
     cid = write_campaign(sync_redis, 4)
     first, again = control(server, cid, "cancel", "cancel")
     assert first.status_code == 200
     assert first.json() == {"campaign_id": cid, "state": "cancelled", "cancelled": 4}
-    assert again.status_code == 200 and again.json()["cancelled"] == 0
+    assert problem(again, "campaign_finished")["detail"].startswith(f"campaign {cid} is cancelled")
     assert counts(cid) == {"cancelled": 4}
 
 
@@ -736,8 +763,8 @@ def test_pause_or_resume_of_a_cancelled_campaign_is_409(server, sync_redis) -> N
     cid = write_campaign(sync_redis, 2, state=CampaignState.CANCELLED)
     celery = FakeCelery()
     for response in control(server, cid, "pause", "resume", celery=celery):
-        assert response.status_code == 409
-        assert response.json() == {"error": f"campaign {cid} is cancelled"}
+        out = problem(response, "campaign_finished")
+        assert out["detail"].startswith(f"campaign {cid} is cancelled: it can no longer")
     assert stored(sync_redis, cid).state == "cancelled" and celery.sent == []
 
 
@@ -745,7 +772,7 @@ def test_pause_or_resume_of_a_cancelled_campaign_is_409(server, sync_redis) -> N
 def test_redis_down_while_controlling_is_503(server, action: str) -> None:
     server.connected = False
     [response] = control(server, ABSENT, action)
-    assert response.status_code == 503
+    problem(response, "redis_unavailable")
     assert response.headers["retry-after"] == str(http.RETRY_AFTER_S)
 
 
@@ -760,7 +787,7 @@ def test_healthz_needs_no_token(server) -> None:
     assert response.status_code == 200 and response.json() == {"ok": True}
 
 
-def test_unknown_paths_and_methods_answer_json(server) -> None:
+def test_unknown_paths_and_methods_answer_problems(server) -> None:
     async def steps(client: httpx.AsyncClient, _: Ledger) -> list[httpx.Response]:
         return [
             await client.get("/v2/campaigns", headers=AUTH),
@@ -768,10 +795,11 @@ def test_unknown_paths_and_methods_answer_json(server) -> None:
         ]
 
     missing, wrong_method = run(server, steps)
-    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
-    assert wrong_method.status_code == 405 and wrong_method.json() == {
-        "error": "Method Not Allowed"
-    }
+    assert problem(missing, "not_found")["detail"] == "no endpoint at /v2/campaigns"
+    assert problem(wrong_method, "method_not_allowed")["detail"] == (
+        f"PUT is not allowed on /v1/campaigns/{ABSENT}"
+    )
+    assert "allow" in wrong_method.headers
 
 
 def test_a_bug_answers_json_500_without_a_traceback(server, monkeypatch) -> None:
@@ -784,8 +812,8 @@ def test_a_bug_answers_json_500_without_a_traceback(server, monkeypatch) -> None
         return await client.get(f"/v1/campaigns/{ABSENT}", headers=AUTH)
 
     response = run(server, steps, raise_app_exceptions=False)
-    assert response.status_code == 500
-    assert response.json() == {"error": "internal error; see the API's log"}
+    assert problem(response, "internal_error")["detail"] == "internal error; see the API's log"
+    assert "secret" not in response.text
 
 
 def test_a_malformed_trunk_setting_is_a_json_500_naming_it(server, sync_redis) -> None:
@@ -793,6 +821,6 @@ def test_a_malformed_trunk_setting_is_a_json_500_naming_it(server, sync_redis) -
         return await post_json(client, campaign_body())
 
     response = run(server, steps, cfg=api_settings(trunk_names="Not A Name"))
-    assert response.status_code == 500
-    assert response.json()["error"].startswith("configuration error: SMSQ_TRUNKS")
+    out = problem(response, "configuration_error")
+    assert out["detail"].startswith("configuration error: SMSQ_TRUNKS")
     assert stored_campaigns(sync_redis) == []

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from smsq_testing import stored, write_campaign
-from test_http_api import ABSENT, AUTH, FakeCelery, api_settings, run
+from test_http_api import ABSENT, AUTH, FakeCelery, api_settings, problem, run
 from test_http_campaigns import set_records
 
 from ledger import keys
@@ -113,25 +113,26 @@ def test_the_csv_report_has_a_header_and_the_same_rows(server, sync_redis) -> No
 
 
 @pytest.mark.parametrize(
-    ("query", "status", "names"),
+    ("query", "code", "names"),
     [
-        ("state=lost", 422, "state: unknown state 'lost'"),
-        ("code=two", 422, "code: whole numbers separated by commas, not 'two'"),
-        ("format=xml", 422, "format: 'xml' is not one of jsonl, csv"),
-        ("states=failed", 422, "unknown query parameter 'states'"),
+        ("state=lost", "invalid_parameter", "state: unknown state 'lost'"),
+        ("code=two", "invalid_parameter", "code: whole numbers separated by commas, not 'two'"),
+        ("format=xml", "invalid_parameter", "format: must be 'jsonl' or 'csv'"),
+        ("states=failed", "unknown_parameter", "unknown query parameter 'states'"),
     ],
 )
-def test_a_bad_report_query_is_422(server, sync_redis, query: str, status: int, names) -> None:
+def test_a_bad_report_query_is_422(server, sync_redis, query: str, code: str, names) -> None:
     cid = report_campaign(sync_redis)
     [response] = get(server, f"/v1/campaigns/{cid}/messages?{query}")
-    assert response.status_code == status, response.text
-    assert names in response.json()["error"]
+    out = problem(response, code)
+    assert names in out["detail"]
+    assert [e["parameter"] for e in out["errors"]] == [query.split("=")[0]]
 
 
 @pytest.mark.parametrize("cid", [ABSENT, "nope"])
 def test_the_report_of_an_unknown_campaign_is_404(server, cid: str) -> None:
     [response] = get(server, f"/v1/campaigns/{cid}/messages")
-    assert response.status_code == 404 and response.json() == {"error": f"no campaign {cid!r}"}
+    assert problem(response, "campaign_not_found")["detail"] == f"no campaign {cid!r}"
 
 
 async def asgi_get(app: Any, path: str, sent: list[dict[str, Any]]) -> None:
@@ -284,37 +285,42 @@ def test_reschedule_of_a_campaign_not_waiting_is_409(
     send_at = time.time() + send_in_s if send_in_s else 0.0
     cid = write_campaign(sync_redis, 2, state=state, send_at=send_at)
     response = reschedule(server, cid, {"send_at": iso(time.time() + 7200)})
-    assert response.status_code == 409, response.text
-    assert "only a scheduled campaign that has not started" in response.json()["error"]
+    out = problem(response, "campaign_not_scheduled")
+    assert "only a scheduled campaign that has not started" in out["detail"]
     assert sync_redis.zcard(keys.parked()) == 0
 
 
 @pytest.mark.parametrize(
-    ("body", "names"),
+    ("body", "code", "names"),
     [
-        ({}, "send_at: required"),
-        ({"send_at": None}, "send_at: must be a string"),
-        ({"send_at": 1767225600}, "send_at: must be a string"),
-        ({"send_at": "soon"}, "is not an ISO 8601 time"),
-        ({"send_at": "2031-01-01T09:00"}, "needs a time zone"),
-        ({"send_at": iso(time.time() - 60)}, "is in the past"),
-        ({"send_at": iso(time.time() + MAX_SCHEDULE_S + 3600)}, "more than a year ahead"),
-        ({"send_at": iso(time.time() + 3600), "at": 1}, "unknown field 'at'"),
+        ({}, "missing_field", "send_at: required"),
+        ({"send_at": None}, "invalid_field", "send_at: must be a string"),
+        ({"send_at": 1767225600}, "invalid_field", "send_at: must be a string"),
+        ({"send_at": "soon"}, "invalid_field", "is not an ISO 8601 time"),
+        ({"send_at": "2031-01-01T09:00"}, "invalid_field", "needs a time zone"),
+        ({"send_at": iso(time.time() - 60)}, "invalid_field", "is in the past"),
+        (
+            {"send_at": iso(time.time() + MAX_SCHEDULE_S + 3600)},
+            "invalid_field",
+            "more than a year ahead",
+        ),
+        ({"send_at": iso(time.time() + 3600), "at": 1}, "unknown_field", "unknown field 'at'"),
     ],
 )
-def test_a_bad_new_time_is_422(server, sync_redis, body: dict[str, Any], names: str) -> None:
+def test_a_bad_new_time_is_422(
+    server, sync_redis, body: dict[str, Any], code: str, names: str
+) -> None:
     old_at = time.time() + 3600
     cid = write_campaign(sync_redis, 2, state=CampaignState.SCHEDULED, send_at=old_at)
     response = reschedule(server, cid, body)
-    assert response.status_code == 422, response.text
-    assert names in response.json()["error"]
+    assert names in problem(response, code)["detail"]
     assert stored(sync_redis, cid).send_at == pytest.approx(old_at)
 
 
 @pytest.mark.parametrize("cid", [ABSENT, "nope"])
 def test_reschedule_of_an_unknown_campaign_is_404(server, cid: str) -> None:
     response = reschedule(server, cid, {"send_at": iso(time.time() + 3600)})
-    assert response.status_code == 404 and response.json() == {"error": f"no campaign {cid!r}"}
+    assert problem(response, "campaign_not_found")["detail"] == f"no campaign {cid!r}"
 
 
 # --- DELETE /v1/campaigns/{id}
@@ -341,8 +347,8 @@ def test_purging_a_finished_campaign_deletes_everything_it_keeps(server, sync_re
     purged, status, again = delete(server, cid, "get", "delete")
     assert purged.status_code == 200, purged.text
     assert purged.json() == {"campaign_id": cid, "purged": True}
-    assert status.status_code == 404
-    assert again.status_code == 404 and again.json() == {"error": f"no campaign {cid!r}"}
+    problem(status, "campaign_not_found")
+    assert problem(again, "campaign_not_found")["detail"] == f"no campaign {cid!r}"
     assert sync_redis.keys(f"*{cid}*") == []
     assert sync_redis.zscore(keys.campaigns(), cid) is None
 
@@ -352,8 +358,7 @@ def test_purging_a_campaign_with_pending_messages_is_409_until_cancelled(
 ) -> None:
     cid = write_campaign(sync_redis, 3)
     refused, cancelled, purged = delete(server, cid, "cancel", "delete")
-    assert refused.status_code == 409, refused.text
-    assert "still has 3 messages queued" in refused.json()["error"]
+    assert "still has 3 messages queued" in problem(refused, "campaign_pending")["detail"]
     assert cancelled.status_code == 200
     assert purged.status_code == 200 and purged.json()["purged"] is True
     assert sync_redis.exists(keys.campaign(cid)) == 0
@@ -362,10 +367,11 @@ def test_purging_a_campaign_with_pending_messages_is_409_until_cancelled(
 @pytest.mark.parametrize("cid", [ABSENT, "nope"])
 def test_purging_an_unknown_campaign_is_404(server, cid: str) -> None:
     [response] = delete(server, cid)
-    assert response.status_code == 404 and response.json() == {"error": f"no campaign {cid!r}"}
+    assert problem(response, "campaign_not_found")["detail"] == f"no campaign {cid!r}"
 
 
 def test_redis_down_while_purging_is_503(server) -> None:
     server.connected = False
     [response] = delete(server, ABSENT)
-    assert response.status_code == 503 and response.headers["retry-after"]
+    problem(response, "redis_unavailable")
+    assert response.headers["retry-after"]

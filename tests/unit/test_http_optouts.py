@@ -10,7 +10,7 @@ from urllib.parse import quote
 import fakeredis
 import httpx
 import pytest
-from test_http_api import AUTH, campaign_body, post_json, run
+from test_http_api import AUTH, campaign_body, post_json, problem, run
 
 from ledger import keys
 from ledger.store import Ledger
@@ -88,26 +88,27 @@ def test_an_opted_out_number_is_suppressed_in_the_next_campaign(server) -> None:
 
 @pytest.mark.parametrize("method", ["POST", "DELETE"])
 @pytest.mark.parametrize(
-    ("body", "names"),
+    ("body", "code", "names"),
     [
-        ({}, "numbers: required"),
-        ({"numbers": "37041654321"}, "numbers: must be an array of strings"),
-        ({"numbers": ["37041654321", 37041654322]}, "numbers[1]: must be a string"),
-        ({"numbers": ["37041654321"], "number": "x"}, "unknown field 'number'"),
-        ({"numbers": []}, "no valid number (0 rejected)"),
-        ({"numbers": ["12", "x"]}, "no valid number (2 rejected)"),
+        ({}, "missing_field", "numbers: required"),
+        ({"numbers": "37041654321"}, "invalid_field", "numbers: must be an array"),
+        ({"numbers": ["37041654321", 37041654322]}, "invalid_field", "numbers[1]: must be a"),
+        ({"numbers": ["37041654321"], "number": "x"}, "unknown_field", "unknown field 'number'"),
+        ({"numbers": []}, "invalid_number", "no valid number (0 rejected)"),
+        ({"numbers": ["12", "x"]}, "invalid_number", "no valid number (2 rejected)"),
     ],
 )
-def test_a_bad_numbers_body_is_422(server, sync_redis, method: str, body: Any, names: str) -> None:
+def test_a_bad_numbers_body_is_422(
+    server, sync_redis, method: str, body: Any, code: str, names: str
+) -> None:
     [response] = call(server, (method, "/v1/optouts", body))
-    assert response.status_code == 422, response.text
-    assert names in response.json()["error"]
+    assert names in problem(response, code)["detail"]
     assert sync_redis.get(keys.optout_count()) is None
 
 
 def test_no_valid_number_lists_the_rejections(server) -> None:
     [response] = call(server, ("POST", "/v1/optouts", {"numbers": ["12"]}))
-    assert response.json()["rejected"] == [
+    assert problem(response, "invalid_number")["errors"] == [
         {
             "index": 0,
             "value": "12",
@@ -120,14 +121,15 @@ def test_the_list_needs_a_json_body(server) -> None:
     async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
         return await client.post("/v1/optouts", content=b"37041654321", headers=AUTH)
 
-    assert run(server, steps).status_code == 415
+    problem(run(server, steps), "unsupported_media_type")
 
 
 @pytest.mark.parametrize("raw", ["12", "abc", "0037"])
 def test_checking_an_invalid_number_is_422(server, raw: str) -> None:
     [response] = call(server, ("GET", f"/v1/optouts/{raw}", None))
-    assert response.status_code == 422
-    assert response.json()["error"].startswith(f"number: invalid number {raw!r}")
+    out = problem(response, "invalid_number")
+    assert out["detail"].startswith(f"number: invalid number {raw!r}")
+    assert [(e["parameter"], e["value"]) for e in out["errors"]] == [("number", raw)]
 
 
 def test_export_streams_every_number_one_per_line(server, monkeypatch) -> None:
@@ -155,12 +157,15 @@ def test_export_of_an_empty_list_is_empty(server) -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "names"),
-    [("export=maybe", "export: must be 1 or 0"), ("limit=5", "unknown query parameter 'limit'")],
+    ("query", "code", "names"),
+    [
+        ("export=maybe", "invalid_parameter", "export: must be '1', 'true', '0', 'false' or ''"),
+        ("limit=5", "unknown_parameter", "unknown query parameter 'limit'"),
+    ],
 )
-def test_a_bad_list_query_is_422(server, query: str, names: str) -> None:
+def test_a_bad_list_query_is_422(server, query: str, code: str, names: str) -> None:
     [response] = call(server, ("GET", f"/v1/optouts?{query}", None))
-    assert response.status_code == 422 and names in response.json()["error"]
+    assert names in problem(response, code)["detail"]
 
 
 # --- POST /v1/inbound
@@ -224,19 +229,18 @@ def test_a_stop_reply_is_on_the_list_afterwards(server, sync_redis) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "names"),
+    ("body", "code", "names"),
     [
-        ({"source": "12", "text": "STOP"}, "source: invalid number '12'"),
-        ({"source": "abc", "text": "hello"}, "source: invalid number 'abc'"),
-        ({"text": "STOP"}, "source: required"),
-        ({"source": "37041654321"}, "text: required"),
-        ({"source": "37041654321", "text": None}, "text: must be a string"),
-        ({"source": 37041654321, "text": "STOP"}, "source: must be a string"),
-        ({"source": "37041654321", "text": "STOP", "to": "x"}, "unknown field 'to'"),
+        ({"source": "12", "text": "STOP"}, "invalid_number", "source: invalid number '12'"),
+        ({"source": "abc", "text": "hello"}, "invalid_number", "source: invalid number 'abc'"),
+        ({"text": "STOP"}, "missing_field", "source: required"),
+        ({"source": "37041654321"}, "missing_field", "text: required"),
+        ({"source": "37041654321", "text": None}, "invalid_field", "text: must be a string"),
+        ({"source": 37041654321, "text": "STOP"}, "invalid_field", "source: must be a string"),
+        ({"source": "37041654321", "text": "STOP", "to": "x"}, "unknown_field", "unknown field"),
     ],
 )
-def test_a_bad_inbound_body_is_422(server, sync_redis, body: Any, names: str) -> None:
+def test_a_bad_inbound_body_is_422(server, sync_redis, body: Any, code: str, names: str) -> None:
     [response] = inbound(server, body)
-    assert response.status_code == 422, response.text
-    assert names in response.json()["error"]
+    assert names in problem(response, code)["detail"]
     assert sync_redis.get(keys.optout_count()) is None

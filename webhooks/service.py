@@ -48,9 +48,12 @@ GROUP = "smsq-webhooks"
 READ_COUNT = 500
 READ_BLOCK_MS = 1000
 # Events a silent consumer read and never acknowledged are taken over after this long: far
-# above the time one read takes to schedule, so a live consumer's are not taken.
-RECLAIM_IDLE_MS = 60_000
-RECLAIM_EVERY_S = 30.0
+# above the milliseconds one read takes to schedule, so a live consumer's are not taken.
+RECLAIM_IDLE_MS = 30_000
+RECLAIM_EVERY_S = 10.0
+# A consumer silent this long with nothing pending is a process that is gone: forgotten, so
+# restarts (each a new name) do not pile up in the group.
+FORGET_CONSUMER_MS = 24 * 3600 * 1000
 # A lease outlasts an attempt (SMSQ_WEBHOOK_TIMEOUT_S) by this much, for recording it.
 LEASE_MARGIN_S = 20.0
 # A sender with nothing due looks again this often (sooner when this process schedules).
@@ -92,6 +95,7 @@ class Endpoint:
             ),
             follow_redirects=False,
             headers={"user-agent": USER_AGENT, "content-type": "application/json"},
+            transport=service.transport,
         )
         self.in_flight = 0
         self.sends: set[asyncio.Task[None]] = set()
@@ -202,8 +206,16 @@ class Endpoint:
 class Service:
     """One delivery process."""
 
-    def __init__(self, settings: Settings, redis: Redis, consumer: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        consumer: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """transport: for tests (httpx.MockTransport); each subscription has its own pool."""
         self.settings = settings
+        self.transport = transport
         self.redis = redis
         self.store = WebhookStore(redis, settings)
         self.consumer = consumer or consumer_name()
@@ -333,7 +345,8 @@ class Service:
                 wait_s = min(wait_s * 2, REDIS_RETRY_MAX_S)
 
     async def _reclaim(self) -> None:
-        """Take over events a silent consumer (a killed process) read and never scheduled."""
+        """Take over events a silent consumer (a killed process) read and never scheduled;
+        forget consumers long gone."""
         cursor = "0-0"
         while True:
             reply = await self.redis.xautoclaim(
@@ -344,7 +357,10 @@ class Service:
                 log.info("webhooks_events_reclaimed", events=len(entries))
                 await self.fan_out(entries)
             if cursor == "0-0":
-                return
+                break
+        for consumer in await self.redis.xinfo_consumers(self.store.stream, GROUP):
+            if consumer["pending"] == 0 and consumer["idle"] > FORGET_CONSUMER_MS:
+                await self.redis.xgroup_delconsumer(self.store.stream, GROUP, consumer["name"])
 
     async def fan_out(self, entries: list[Any]) -> int:
         """Schedule read entries for the subscriptions they match and acknowledge them."""

@@ -219,7 +219,10 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field(description="`/v1/docs#<code>`: where the code is documented")
+    type: str = Field(
+        description="`/v1/docs#<code>`: where the code is documented",
+        json_schema_extra={"format": "uri-reference"},
+    )
     title: str = Field(description="the code's title, the same every time")
     status: int = Field(description="the HTTP status")
     detail: str = Field(description="this occurrence, in a sentence naming what is at fault")

@@ -21,7 +21,7 @@ from ledger.errors import InputError, SmsqError
 from ledger.logs import configure_logging
 from ledger.states import CampaignState
 from ledger.store import Ledger
-from producer import cli_data, control
+from producer import cli_data, cli_webhooks, control
 from producer.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_UNAVAILABLE,
@@ -323,6 +323,7 @@ def events_cmd(group: str | None, consumer: str, follow: bool) -> None:
 
 for _command in cli_data.COMMANDS:
     main.add_command(_command)
+main.add_command(cli_webhooks.webhook)
 
 __all__ = ["main"]
 

@@ -177,6 +177,8 @@ class Endpoint:
         url = httpx.URL(self.sub.url)
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
+            if url.scheme != "https":
+                raise InputError("http:// (allowed only with SMSQ_WEBHOOK_ALLOW_PRIVATE=true)")
             infos = await asyncio.get_running_loop().getaddrinfo(
                 url.host, port, type=socket.SOCK_STREAM
             )

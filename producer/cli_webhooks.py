@@ -103,7 +103,13 @@ def rotate(webhook_id: str) -> None:
 
 @webhook.command("failures")
 @click.option("--webhook", "webhook_id", default=None, help="Only this subscription's.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="The most to list.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with the event.")
 def failures(webhook_id: str | None, limit: int, as_json: bool) -> None:
     """Deliveries given up after SMSQ_WEBHOOK_RETRY_S, newest first."""

@@ -95,7 +95,7 @@ class Endpoint:
             ),
             follow_redirects=False,
             headers={"user-agent": USER_AGENT, "content-type": "application/json"},
-            transport=service.transport,
+            transport=service.transport_for(sub) if service.transport_for else None,
         )
         self.in_flight = 0
         self.sends: set[asyncio.Task[None]] = set()
@@ -213,11 +213,11 @@ class Service:
         settings: Settings,
         redis: Redis,
         consumer: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport_for: Callable[[Subscription], httpx.AsyncBaseTransport] | None = None,
     ) -> None:
-        """transport: for tests (httpx.MockTransport); each subscription has its own pool."""
+        """transport_for: each subscription's transport (its own pool); None: httpx's own."""
         self.settings = settings
-        self.transport = transport
+        self.transport_for = transport_for
         self.redis = redis
         self.store = WebhookStore(redis, settings)
         self.consumer = consumer or consumer_name()

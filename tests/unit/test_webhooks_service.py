@@ -66,7 +66,9 @@ def test_a_slow_endpoint_delays_only_itself(redis_server: Any, real_redis: Any) 
             answered[request.url.host].append(request)
             return httpx.Response(204)
 
-        service = Service(settings, client, "test-1", transport=httpx.MockTransport(endpoint))
+        service = Service(
+            settings, client, "test-1", transport_for=lambda _: httpx.MockTransport(endpoint)
+        )
         running = asyncio.create_task(service.run())
         ids = await add_events(client, 20)
         wanted = {f"msg_{e}" for e in ids}
@@ -119,7 +121,9 @@ def test_stop_finishes_and_records_what_is_in_flight(redis_server: Any, real_red
             await release.wait()
             return httpx.Response(200)
 
-        service = Service(settings, client, "test-1", transport=httpx.MockTransport(endpoint))
+        service = Service(
+            settings, client, "test-1", transport_for=lambda _: httpx.MockTransport(endpoint)
+        )
         running = asyncio.create_task(service.run())
         await add_events(client, 1)
         await asyncio.wait_for(started.wait(), PATIENCE_S)
@@ -147,7 +151,9 @@ def test_a_failed_attempt_is_retried_with_the_same_id(redis_server: Any, real_re
                 raise httpx.ConnectError("refused", request=request)
             return httpx.Response(500 if len(seen) == 2 else 202)
 
-        service = Service(settings, client, "test-1", transport=httpx.MockTransport(endpoint))
+        service = Service(
+            settings, client, "test-1", transport_for=lambda _: httpx.MockTransport(endpoint)
+        )
         running = asyncio.create_task(service.run())
         (eid,) = await add_events(client, 1)
         await until(lambda: len(seen) == 3, "three tries")

@@ -72,7 +72,8 @@ Opt-outs:
 Webhooks (ledger/webhooks.py; ``{wid}`` a subscription id, ``wh_`` and 16 hex digits):
 - ``smsq:webhooks``                  hash: subscription id -> JSON: url, events, campaign,
                                       created_at (ms); never the secret
-- ``smsq:webhooks:secrets``          hash: subscription id -> its signing secret (``whsec_...``)
+- ``smsq:webhooks:secrets``          hash: subscription id -> its signing secret (``whsec_...``),
+                                      after a rotation ``new previous until_ms``
 - ``smsq:webhook:{wid}:due``         sorted set: delivery id (``msg_`` + the event's stream
                                       entry id) -> when it is due (ms), or when the lease of
                                       the process sending it ends; deleted with the subscription

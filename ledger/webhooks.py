@@ -47,6 +47,9 @@ EVENT_TYPES: frozenset[str] = frozenset(
 SECRET_PREFIX = "whsec_"
 # 24 random bytes (192 bits), as Standard Webhooks' reference libraries make them.
 SECRET_BYTES = 24
+# A rotated secret still signs beside the new one this long, so a receiver can take the new
+# one without refusing deliveries meanwhile (both signatures are sent; either verifies).
+ROTATION_GRACE_S = 24 * 3600
 ID_PREFIX = "wh_"
 DELIVERY_PREFIX = "msg_"
 # The longest URL accepted: any real endpoint fits, and a listing stays readable.
@@ -326,18 +329,29 @@ class WebhookStore(LedgerCore):
 
     async def rotate(self, wid: str) -> str | None:
         """Give a subscription a new secret and return it (shown this once); deliveries sign
-        with it from the delivery service's next read of the secrets (within a second). None if
-        there is no such subscription."""
+        with it from the delivery service's next read of the secrets (within a second), and
+        with the previous one too for ROTATION_GRACE_S. None if there is no such
+        subscription."""
         secret = new_secret()
         done = await self.durably(
-            "webhook_put", [keys.webhooks(), keys.webhook_secrets()], [wid, "", secret]
+            "webhook_put",
+            [keys.webhooks(), keys.webhook_secrets()],
+            [wid, "", secret, ROTATION_GRACE_S * 1000],
         )
         return secret if done else None
 
-    async def secrets(self) -> dict[str, str]:
-        """Subscription id -> secret: for the delivery service only, never to be shown."""
+    async def secrets(self, now_ms: int) -> dict[str, list[str]]:
+        """Subscription id -> the secrets deliveries are signed with at now_ms (the newest
+        first): for the delivery service only, never to be shown."""
         raw = await self.redis.hgetall(keys.webhook_secrets())
-        return {_text(k): _text(v) for k, v in raw.items()}
+        found = {}
+        for wid, value in raw.items():
+            current, *previous = _text(value).split(" ")
+            valid = [current]
+            if len(previous) == 2 and now_ms < int(previous[1]):
+                valid.append(previous[0])
+            found[_text(wid)] = valid
+        return found
 
     async def schedule(
         self,

@@ -94,7 +94,7 @@ def delete(webhook_id: str) -> None:
 @click.argument("webhook_id")
 def rotate(webhook_id: str) -> None:
     """Give a subscription a new signing secret; prints it, shown this once. Deliveries are
-    signed with it from the next second on; the old one stops verifying."""
+    signed with it from the next second on, and with the old one too for 24 hours."""
     secret = _with_store(lambda store: store.rotate(webhook_id))
     if secret is None:
         fail(f"no webhook {webhook_id!r}")

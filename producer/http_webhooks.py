@@ -187,7 +187,7 @@ ENDPOINTS: list[Endpoint] = [
         "POST",
         "/v1/webhooks/{wid}/rotate",
         rotate_webhook_secret,
-        "Give a subscription a new signing secret, shown this once; the old one stops",
+        "Give a subscription a new signing secret, shown this once (the old one signs 24 h more)",
         {200: json_answer(WebhookSecret, "the new secret")},
         problems=("not_found",),
     ),

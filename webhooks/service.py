@@ -81,10 +81,10 @@ def _text(value: Any) -> str:
 class Endpoint:
     """One subscription as this process sends to it: its pool, its sender loop."""
 
-    def __init__(self, service: Service, sub: Subscription, secret: str) -> None:
+    def __init__(self, service: Service, sub: Subscription, secrets: list[str]) -> None:
         self.service = service
         self.sub = sub
-        self.secret = secret
+        self.secrets = secrets
         settings = service.settings
         self.capacity = settings.webhook_connections
         self.timeout_s = settings.webhook_timeout_s
@@ -158,7 +158,7 @@ class Endpoint:
                 answer = await self.client.post(
                     self.sub.url,
                     content=body,
-                    headers=signing.headers(self.secret, delivery.id, body),
+                    headers=signing.headers(self.secrets, delivery.id, body),
                 )
         except (TimeoutError, httpx.TimeoutException):
             return "timeout"
@@ -280,16 +280,16 @@ class Service:
         after = time.time()
         self._offset_ms = int(seconds * 1000 + micros / 1000 - (before + after) * 500)
         subs = {s.id: s for s in await self.store.subscriptions()}
-        secrets = await self.store.secrets()
+        secrets = await self.store.secrets(self.now_ms())
         for wid, sub in subs.items():
-            secret = secrets.get(wid)
-            if secret is None:
+            valid = secrets.get(wid)
+            if not valid:
                 continue
             endpoint = self.endpoints.get(wid)
             if endpoint is None:
-                self.endpoints[wid] = Endpoint(self, sub, secret)
+                self.endpoints[wid] = Endpoint(self, sub, valid)
             else:
-                endpoint.sub, endpoint.secret = sub, secret
+                endpoint.sub, endpoint.secrets = sub, valid
         for wid in [w for w in self.endpoints if w not in subs]:
             endpoint = self.endpoints.pop(wid)
             metrics.forget(wid)

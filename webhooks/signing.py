@@ -9,7 +9,7 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 SECRET_PREFIX = "whsec_"
 # How far a webhook-timestamp may be from the receiver's clock: the specification's example.
@@ -27,13 +27,17 @@ def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
-def headers(secret: str, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """The three Standard Webhooks headers for one attempt (timestamp: now)."""
+def headers(
+    secrets: str | Sequence[str], msg_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one attempt (timestamp: now); with several
+    secrets (a rotation's grace period), one signature each, space-separated."""
     ts = int(time.time()) if timestamp is None else timestamp
+    keys = [secrets] if isinstance(secrets, str) else secrets
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(ts),
-        "webhook-signature": signature(secret, msg_id, ts, body),
+        "webhook-signature": " ".join(signature(k, msg_id, ts, body) for k in keys),
     }
 
 

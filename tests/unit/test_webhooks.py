@@ -59,6 +59,15 @@ def test_verify_accepts_the_signed_and_refuses_the_altered() -> None:
     assert not signing.verify(secret, {**sent, "webhook-id": "msg_2-0"}, b"{}", 1_700_000_010)
 
 
+def test_during_a_rotation_each_secret_verifies() -> None:
+    new, old = new_secret(), new_secret()
+    sent = signing.headers([new, old], "msg_1-0", b"{}", timestamp=1_700_000_000)
+    assert len(sent["webhook-signature"].split()) == 2
+    for secret in (new, old):
+        assert signing.verify(secret, sent, b"{}", now=1_700_000_000)
+    assert not signing.verify(new_secret(), sent, b"{}", now=1_700_000_000)
+
+
 def test_secrets_are_24_random_bytes_after_whsec() -> None:
     a, b = new_secret(), new_secret()
     assert a != b

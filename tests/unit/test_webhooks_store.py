@@ -16,7 +16,7 @@ from smsq_testing import make_settings
 
 from ledger import keys
 from ledger.errors import InputError
-from ledger.webhooks import Outcome, WebhookStore
+from ledger.webhooks import ROTATION_GRACE_S, Outcome, WebhookStore
 
 T = TypeVar("T")
 GROUP = "smsq-webhooks"
@@ -50,17 +50,23 @@ def test_create_list_rotate_delete(redis_server: Any, real_redis: Any) -> None:
         assert listed == [sub]
         assert created.secret not in json.dumps([s.public() for s in listed])
         assert created.secret not in str(real_redis.hgetall(keys.webhooks()))
-        assert await store.secrets() == {sub.id: created.secret}
+        now_ms = sub.created_at_ms
+        assert await store.secrets(now_ms) == {sub.id: [created.secret]}
 
         new = await store.rotate(sub.id)
         assert new and new != created.secret
-        assert await store.secrets() == {sub.id: new}
+        # The previous secret signs beside the new one for the grace period, then stops.
+        assert await store.secrets(now_ms) == {sub.id: [new, created.secret]}
+        after_grace = now_ms + (ROTATION_GRACE_S + 60) * 1000
+        assert await store.secrets(after_grace) == {sub.id: [new]}
+        newest = await store.rotate(sub.id)
+        assert await store.secrets(now_ms) == {sub.id: [newest, new]}
         assert await store.rotate("wh_missing") is None
 
         assert await store.delete(sub.id)
         assert not await store.delete(sub.id)
         assert await store.subscriptions() == []
-        assert await store.secrets() == {}
+        assert await store.secrets(now_ms) == {}
 
     run(redis_server, work)
 

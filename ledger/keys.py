@@ -80,6 +80,8 @@ Webhooks (ledger/webhooks.py; ``{wid}`` a subscription id, ``wh_`` and 16 hex di
 - ``smsq:webhook:{wid}:deliveries``  hash: delivery id -> the event's JSON, as on the stream
 - ``smsq:webhook:{wid}:attempts``    hash: delivery id -> ``attempts first_attempt_ms`` once
                                       tried
+- ``smsq:webhook:{wid}:owed``        sorted set: delivery id -> its event's time (ms), for the
+                                      delivery lag
 - ``smsq:webhook:failures``          stream: deliveries given up after SMSQ_WEBHOOK_RETRY_S,
                                       trimmed to SMSQ_WEBHOOK_FAILURES_MAX
 
@@ -282,7 +284,7 @@ def webhook_secrets() -> str:
 
 
 def webhook(wid: str, what: str) -> str:
-    """A subscription's key: what is due, deliveries or attempts."""
+    """A subscription's key: what is due, deliveries, attempts or owed."""
     return f"{PREFIX}:webhook:{wid}:{what}"
 
 
@@ -296,6 +298,10 @@ def webhook_deliveries(wid: str) -> str:
 
 def webhook_attempts(wid: str) -> str:
     return webhook(wid, "attempts")
+
+
+def webhook_owed(wid: str) -> str:
+    return webhook(wid, "owed")
 
 
 def webhook_failures() -> str:

@@ -146,11 +146,6 @@ def check_events(names: Iterable[str]) -> frozenset[str]:
     return wanted
 
 
-def event_ms(delivery_id: str) -> int:
-    """When the event was written (ms): the time part of its stream entry id."""
-    return int(delivery_id.removeprefix(DELIVERY_PREFIX).partition("-")[0])
-
-
 @dataclass(frozen=True, slots=True)
 class Subscription:
     """A subscription as stored, without its secret. No events means every type."""
@@ -322,6 +317,7 @@ class WebhookStore(LedgerCore):
                     keys.webhook_due(wid),
                     keys.webhook_deliveries(wid),
                     keys.webhook_attempts(wid),
+                    keys.webhook_owed(wid),
                 ],
                 [wid],
             )
@@ -364,7 +360,11 @@ class WebhookStore(LedgerCore):
         number = {wid: n for n, wid in enumerate(wids, 1)}
         script_keys: list[str] = [self.stream, keys.webhooks()]
         for wid in wids:
-            script_keys += [keys.webhook_due(wid), keys.webhook_deliveries(wid)]
+            script_keys += [
+                keys.webhook_due(wid),
+                keys.webhook_deliveries(wid),
+                keys.webhook_owed(wid),
+            ]
         args: list[Any] = [group, len(wids), *wids]
         for entry_id, data, targets in entries:
             args += [entry_id, data, len(targets), *(number[w] for w in targets)]
@@ -404,6 +404,7 @@ class WebhookStore(LedgerCore):
                 keys.webhook_deliveries(wid),
                 keys.webhook_attempts(wid),
                 keys.webhook_failures(),
+                keys.webhook_owed(wid),
             ],
             args=args,
             client=client,
@@ -418,11 +419,11 @@ class WebhookStore(LedgerCore):
         """Deliveries owed to a subscription (due, waiting to retry, or being sent)."""
         return int(await self.redis.zcard(keys.webhook_due(wid)))
 
-    async def oldest_due_ms(self, wid: str, now_ms: int) -> int | None:
-        """When the event of the subscription's first due delivery was written (ms), or None
-        when nothing is due."""
-        first = await self.redis.zrangebyscore(keys.webhook_due(wid), "-inf", now_ms, 0, 1)
-        return event_ms(_text(first[0])) if first else None
+    async def oldest_owed_ms(self, wid: str) -> int | None:
+        """When the oldest event still owed to the subscription (due, waiting to retry or
+        being sent) was written (ms), or None when nothing is owed."""
+        first = await self.redis.zrange(keys.webhook_owed(wid), 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
 
     async def failures(self, limit: int = 100, webhook: str | None = None) -> list[Failure]:
         """Deliveries given up, newest first (at most `limit`, of one subscription if named)."""

@@ -26,7 +26,8 @@ DELIVERIES = Counter(
 )
 LAG_SECONDS = Gauge(
     "smsq_webhook_lag_seconds",
-    "Now minus the time of the event of a subscription's oldest due delivery (0: none due)",
+    "Now minus the time of the oldest event still owed to a subscription (due, waiting to be"
+    " retried, or being sent; 0: none)",
     ["webhook"],
     registry=REGISTRY,
 )

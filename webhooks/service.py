@@ -299,7 +299,7 @@ class Service:
         now_ms = self.now_ms()
         for wid in list(self.endpoints):
             metrics.PENDING.labels(wid).set(await self.store.pending(wid))
-            oldest = await self.store.oldest_due_ms(wid, now_ms)
+            oldest = await self.store.oldest_owed_ms(wid)
             lag_s = 0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000)
             metrics.LAG_SECONDS.labels(wid).set(lag_s)
 

@@ -3,7 +3,8 @@
 -- scheduled, or read again. A delivery's id is 'msg_' and the event's entry id, the same on
 -- every retry (the webhook-id header).
 -- KEYS[1] events stream   KEYS[2] subscriptions hash
--- then per subscription s = 1..S: KEYS[1 + 2s] its due set   KEYS[2 + 2s] its deliveries hash
+-- then per subscription s = 1..S: KEYS[3s] its due set   KEYS[3s + 1] its deliveries hash
+-- KEYS[3s + 2] its owed set
 -- ARGV[1] consumer group   ARGV[2] S   ARGV[3 .. 2 + S] the subscription ids
 -- then per entry: its entry id, its JSON, k, and k subscription numbers (1..S) it goes to
 -- Returns how many deliveries were scheduled.
@@ -19,11 +20,13 @@ while i <= #ARGV do
   local eid, data, k = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 3
   local did = 'msg_' .. eid
+  local written_ms = tonumber(string.match(eid, '^(%d+)'))
   for j = 0, k - 1 do
     local s = tonumber(ARGV[i + j])
     -- HSETNX: an event read twice (claimed from a silent consumer) is not owed twice.
-    if alive[s] and redis.call('HSETNX', KEYS[2 + 2 * s], did, data) == 1 then
-      redis.call('ZADD', KEYS[1 + 2 * s], now_ms, did)
+    if alive[s] and redis.call('HSETNX', KEYS[3 * s + 1], did, data) == 1 then
+      redis.call('ZADD', KEYS[3 * s], now_ms, did)
+      redis.call('ZADD', KEYS[3 * s + 2], written_ms, did)
       scheduled = scheduled + 1
     end
   end

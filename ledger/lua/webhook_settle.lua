@@ -2,6 +2,7 @@
 -- while the caller's lease holds (the due time is still the leased one): once a lease ends
 -- another process may have taken the delivery, and its outcome is that process's to record.
 -- KEYS[1] due set   KEYS[2] deliveries hash   KEYS[3] attempts hash   KEYS[4] failures stream
+-- KEYS[5] owed set
 -- ARGV[1] failures kept (approximate)
 -- then per delivery 5 values: id, the lease's end (ms), outcome, a, b:
 --   'delivered'  -                -
@@ -30,6 +31,7 @@ for i = 2, #ARGV, 5 do
       redis.call('ZREM', KEYS[1], did)
       redis.call('HDEL', KEYS[2], did)
       redis.call('HDEL', KEYS[3], did)
+      redis.call('ZREM', KEYS[5], did)
     end
   end
 end

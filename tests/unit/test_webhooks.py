@@ -16,7 +16,6 @@ from ledger.webhooks import (
     Subscription,
     check_events,
     check_url,
-    event_ms,
     new_secret,
 )
 from webhooks import signing
@@ -182,7 +181,3 @@ def test_subscription_json_round_trip_has_no_secret() -> None:
     back = Subscription.from_json("wh_1", stored.replace("}", ', "created_at": 1700000000123}'))
     assert back == Subscription("wh_1", sub.url, sub.events, None, 1700000000123)
     assert back.public()["created_at"] == "2023-11-14T22:13:20.123Z"
-
-
-def test_event_time_comes_from_the_delivery_id() -> None:
-    assert event_ms("msg_1795541415334-7") == 1795541415334

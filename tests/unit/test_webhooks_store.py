@@ -188,13 +188,23 @@ def test_delete_drops_what_is_owed(redis_server: Any, real_redis: Any) -> None:
     assert real_redis.keys("smsq:webhook*") == []
 
 
-def test_oldest_due_is_the_event_time(redis_server: Any, real_redis: Any) -> None:
+def test_the_oldest_owed_event_gives_the_lag(redis_server: Any, real_redis: Any) -> None:
     first, second = add_events(real_redis, {"type": "sent"}, {"type": "sent"})
+    first_ms, second_ms = (int(e.partition("-")[0]) for e in (first, second))
 
     async def work(store: WebhookStore) -> None:
         wid = (await store.create("http://127.0.0.1:9/a")).subscription.id
-        assert await store.oldest_due_ms(wid, 10**13) is None
+        assert await store.oldest_owed_ms(wid) is None
         await store.schedule(GROUP, [(first, b"{}", [wid]), (second, b"{}", [wid])], [wid])
-        assert await store.oldest_due_ms(wid, 10**13) == int(first.partition("-")[0])
+        assert await store.oldest_owed_ms(wid) == first_ms
+        one, two = sorted(await store.claim(wid, 10, lease_ms=60_000), key=lambda c: c.id)
+        assert (one.id, two.id) == (f"msg_{first}", f"msg_{second}")
+        # Being sent, or waiting to be retried, it is still owed.
+        assert await store.oldest_owed_ms(wid) == first_ms
+        retry = Outcome(two.id, two.leased, "retry", 10**13, attempts=1, first_attempt_ms=1)
+        await store.settle(wid, [retry, Outcome(one.id, one.leased, "delivered")])
+        assert await store.oldest_owed_ms(wid) == second_ms
+        await store.delete(wid)
+        assert await store.oldest_owed_ms(wid) is None
 
     run(redis_server, work)

@@ -185,6 +185,10 @@ class Settings(BaseSettings):
     # Requests in flight to one subscription from one delivery process: a slow endpoint holds
     # only its own connections.
     webhook_connections: int = Field(16, ge=1, le=1000)
+    # Deliveries one subscription may owe (about 0.8 KB each in Redis for a `sent` event: a
+    # day of 11 events a second); past it, new events are recorded as failed at once (error
+    # backlog_full), so a dead endpoint cannot fill Redis.
+    webhook_max_pending: int = Field(1_000_000, ge=1)
     # Failed deliveries kept for `smsq webhook failures` (the oldest go first).
     webhook_failures_max: int = Field(10_000, ge=100)
     # Each delivery process serves Prometheus metrics here (0: none).

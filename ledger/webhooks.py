@@ -356,7 +356,8 @@ class WebhookStore(LedgerCore):
         wids: Sequence[str],
     ) -> int:
         """Schedule each entry (entry id, event JSON, ids of the subscriptions it goes to) and
-        acknowledge it on the events stream in one step; returns deliveries scheduled."""
+        acknowledge it on the events stream in one step; returns deliveries scheduled. A
+        subscription owing SMSQ_WEBHOOK_MAX_PENDING gets it as a failure (backlog_full)."""
         number = {wid: n for n, wid in enumerate(wids, 1)}
         script_keys: list[str] = [self.stream, keys.webhooks()]
         for wid in wids:
@@ -365,7 +366,14 @@ class WebhookStore(LedgerCore):
                 keys.webhook_deliveries(wid),
                 keys.webhook_owed(wid),
             ]
-        args: list[Any] = [group, len(wids), *wids]
+        script_keys.append(keys.webhook_failures())
+        args: list[Any] = [
+            group,
+            len(wids),
+            self.settings.webhook_max_pending,
+            self.settings.webhook_failures_max,
+            *wids,
+        ]
         for entry_id, data, targets in entries:
             args += [entry_id, data, len(targets), *(number[w] for w in targets)]
         return int(await self.durably("webhook_schedule", script_keys, args))

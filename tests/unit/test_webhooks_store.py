@@ -208,3 +208,20 @@ def test_the_oldest_owed_event_gives_the_lag(redis_server: Any, real_redis: Any)
         assert await store.oldest_owed_ms(wid) is None
 
     run(redis_server, work)
+
+
+def test_a_full_backlog_records_new_events_as_failed(redis_server: Any, real_redis: Any) -> None:
+    ids = add_events(real_redis, *({"type": "sent", "n": n} for n in range(3)))
+
+    async def work(store: WebhookStore) -> None:
+        full = (await store.create("http://127.0.0.1:9/full")).subscription.id
+        plan = [(eid, json.dumps({"type": "sent", "n": n}), [full]) for n, eid in enumerate(ids)]
+        assert await store.schedule(GROUP, plan, [full]) == 2
+        assert await store.pending(full) == 2
+        (failure,) = await store.failures()
+        assert (failure.webhook, failure.id) == (full, f"msg_{ids[2]}")
+        assert failure.error == "backlog_full"
+        assert failure.url == "http://127.0.0.1:9/full" and failure.attempts == 0
+        assert failure.event == {"type": "sent", "n": 2}
+
+    run(redis_server, work, webhook_max_pending=2)

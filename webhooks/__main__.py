@@ -1,6 +1,7 @@
 """`python -m webhooks`: one webhook delivery process; run as many as the load needs (each
 serves its metrics on SMSQ_WEBHOOKS_METRICS_PORT). SIGTERM or SIGINT: stop reading, finish
-the requests in flight (at most SMSQ_WEBHOOK_TIMEOUT_S), record them, exit 0."""
+the requests in flight (at most SMSQ_WEBHOOK_TIMEOUT_S), record them, exit 0; a loop that
+failed on a bug stops it the same way with exit 1, for its supervisor to restart it."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from webhooks.service import Service
 log = structlog.stdlib.get_logger("smsq.webhooks")
 
 
-async def _serve(settings: Settings, consumer: str | None) -> None:
+async def _serve(settings: Settings, consumer: str | None) -> bool:
+    """Run one delivery process until a signal; False if it stopped on a failure."""
     redis = connection.async_client(settings)
     service = Service(settings, redis, consumer)
     loop = asyncio.get_running_loop()
@@ -32,6 +34,7 @@ async def _serve(settings: Settings, consumer: str | None) -> None:
         await service.run()
     finally:
         await redis.aclose()
+    return not service.failed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         log.error("metrics_port_unavailable", port=settings.webhooks_metrics_port, error=str(exc))
         sys.exit(1)
-    uvloop.run(_serve(settings, args.consumer))
+    if not uvloop.run(_serve(settings, args.consumer)):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

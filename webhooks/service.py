@@ -122,6 +122,12 @@ class Endpoint:
                 await asyncio.sleep(wait_s)
                 wait_s = min(wait_s * 2, REDIS_RETRY_MAX_S)
                 continue
+            except Exception:
+                # A sender that stopped would leave its subscription's deliveries to others
+                # (or none) without a word: it logs, and the process stops with an error.
+                log.exception("webhook_sender_failed", webhook=self.sub.id)
+                self.service.fail()
+                return
             wait_s = REDIS_RETRY_S
             if not claimed:
                 self.wake.clear()
@@ -222,7 +228,11 @@ class Service:
         self.store = WebhookStore(redis, settings)
         self.consumer = consumer or consumer_name()
         self.endpoints: dict[str, Endpoint] = {}
+        # Senders of deleted subscriptions finishing their requests.
+        self._closing: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
+        # Set when a loop failed on a bug: the process exits 1 for its supervisor to restart.
+        self.failed = False
         self._outcomes: dict[str, list[Outcome]] = {}
         self._have_outcomes = asyncio.Event()
         # Redis's clock minus this host's (ms): retries are due on the clock claims read.
@@ -232,6 +242,10 @@ class Service:
         return int(time.time() * 1000) + self._offset_ms
 
     def stop(self) -> None:
+        self.stopping.set()
+
+    def fail(self) -> None:
+        self.failed = True
         self.stopping.set()
 
     async def run(self) -> None:
@@ -244,15 +258,25 @@ class Service:
             asyncio.create_task(self._every(GAUGES_S, self.gauges)),
         ]
         flusher = asyncio.create_task(self._flush_loop())
+        for task in [*loops, flusher]:
+            task.add_done_callback(self._ended)
         await self.stopping.wait()
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
-        await asyncio.gather(*(e.close() for e in self.endpoints.values()))
+        await asyncio.gather(*(e.close() for e in self.endpoints.values()), *self._closing)
         flusher.cancel()
         await asyncio.gather(flusher, return_exceptions=True)
         await self._flush_all()
         log.info("webhooks_stopped", consumer=self.consumer)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A loop ended before stop(): a bug; log it and stop with an error, rather than run
+        on without reading events or recording outcomes."""
+        if task.cancelled() or self.stopping.is_set():
+            return
+        log.error("webhooks_loop_failed", exc_info=task.exception())
+        self.fail()
 
     async def _retrying(self, step: Callable[[], Awaitable[None]]) -> None:
         wait_s = REDIS_RETRY_S
@@ -293,7 +317,9 @@ class Service:
         for wid in [w for w in self.endpoints if w not in subs]:
             endpoint = self.endpoints.pop(wid)
             metrics.forget(wid)
-            asyncio.create_task(endpoint.close())  # noqa: RUF006 - finishes its own sends
+            closing = asyncio.create_task(endpoint.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def gauges(self) -> None:
         now_ms = self.now_ms()

@@ -197,3 +197,25 @@ def test_events_a_killed_consumer_read_are_taken_over(
 
     asyncio.run(main())
     assert real_redis.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_a_loop_failing_on_a_bug_stops_the_process_with_an_error(
+    redis_server: Any, real_redis: Any
+) -> None:
+    async def main() -> None:
+        client = Redis.from_url(redis_server.url)
+        settings = make_settings(webhook_allow_private=True)
+        await WebhookStore(client, settings).create("http://hook.test/")
+        service = Service(settings, client, "test-1")
+
+        async def broken(entries: list[Any]) -> int:
+            raise RuntimeError("a bug")
+
+        service.fan_out = broken  # type: ignore[method-assign]
+        running = asyncio.create_task(service.run())
+        await add_events(client, 1)
+        await asyncio.wait_for(running, PATIENCE_S)
+        assert service.failed
+        await client.aclose()
+
+    asyncio.run(main())

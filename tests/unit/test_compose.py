@@ -205,10 +205,12 @@ def _check_python_module(name: str, argv: list[str]) -> None:
 @needs_tool
 def test_compose_file_is_valid_and_has_every_service(config: dict[str, Any]) -> None:
     assert set(config["services"]) == {
-        "redis", "worker", "flower", "callbacks", "api", "simulator", "prometheus", "grafana",
-        "redis-replica", *SENTINELS,
+        "redis", "worker", "flower", "callbacks", "api", "webhooks", "simulator", "prometheus",
+        "grafana", "redis-replica", *SENTINELS,
     }  # fmt: skip
-    assert set(_smsq_services(config)) == {"worker", "flower", "callbacks", "api", "simulator"}
+    assert set(_smsq_services(config)) == {
+        "worker", "flower", "callbacks", "api", "webhooks", "simulator",
+    }  # fmt: skip
     for name, service in _smsq_services(config).items():
         assert service["build"]["dockerfile"] == "ops/Dockerfile", name
 
@@ -406,6 +408,17 @@ def test_workers_scale_with_a_name_each(config: dict[str, Any]) -> None:
 
 
 @needs_tool
+def test_webhooks_scale_with_a_name_each(config: dict[str, Any]) -> None:
+    webhooks = config["services"]["webhooks"]
+    # Each replica's consumer name in the events stream's group is its hostname and pid.
+    assert "container_name" not in webhooks and "hostname" not in webhooks
+    assert "--consumer" not in _argv(webhooks)
+    assert "ports" not in webhooks
+    assert "9810" in [str(port) for port in webhooks.get("expose", [])]
+    assert "9810/metrics" in " ".join(webhooks["healthcheck"]["test"])
+
+
+@needs_tool
 def test_only_the_simulator_monitoring_and_redis_ha_wait_for_a_profile(
     config: dict[str, Any],
 ) -> None:
@@ -509,6 +522,10 @@ def test_prometheus_scrapes_every_replica_flower_and_the_ingester() -> None:
     jobs = {job["job_name"]: job for job in scrape}
     workers = jobs["smsq-worker"]["dns_sd_configs"]
     assert workers == [{"names": ["worker"], "type": "A", "port": 9808, "refresh_interval": "15s"}]
+    webhooks = jobs["smsq-webhooks"]["dns_sd_configs"]
+    assert webhooks == [
+        {"names": ["webhooks"], "type": "A", "port": 9810, "refresh_interval": "15s"}
+    ]
     targets = {
         target for job in scrape for c in job.get("static_configs", []) for target in c["targets"]
     }

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("ledger", "dispatch", "web", "worker", "producer", "callbacks", "ops")
+PACKAGES = ("ledger", "dispatch", "web", "worker", "producer", "callbacks", "webhooks", "ops")
 # Components: each may import the shared packages, never another component.
-COMPONENTS = ("worker", "producer", "callbacks")
+COMPONENTS = ("worker", "producer", "callbacks", "webhooks")
 SHARED = ("ledger", "dispatch", "web")
 # What the ledger must not need: a web server, a Celery publisher, a phone-number library.
 NOT_IN_LEDGER = ("uvicorn", "starlette", "kombu", "celery", "phonenumbers", "httpx")

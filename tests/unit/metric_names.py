@@ -1,6 +1,6 @@
 """The Prometheus series smsq's alerts and dashboard may read, found in the code that makes
-them (worker/metrics.py, the callbacks service's page, Flower), and the ones a PromQL
-expression reads; for tests/unit/test_alerts.py and test_grafana_dashboard.py."""
+them (worker/metrics.py, webhooks/metrics.py, the callbacks service's page, Flower), and the
+ones a PromQL expression reads; for tests/unit/test_alerts.py and test_grafana_dashboard.py."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def known() -> set[str]:
     flower_source = Path(flower.events.__file__)
     return (
         _made_in(ROOT / "worker" / "metrics.py")
+        | _made_in(ROOT / "webhooks" / "metrics.py")
         | _callbacks_page()
         | _made_in(flower_source)
         | {"up"}

@@ -91,6 +91,7 @@ def test_the_issue_s_alerts_are_all_there() -> None:
     }
     assert reads["SmsqNoWorkerUp"] == {"up"}
     assert reads["SmsqKeptCallbacksDropped"] == {"smsq_callback_results"}
+    assert reads["SmsqWebhookLag"] == {"smsq_webhook_lag_seconds"}
     assert reads["SmsqRedisMemoryHigh"] == {
         "smsq_redis_used_memory_bytes",
         "smsq_redis_maxmemory_bytes",

@@ -26,14 +26,23 @@ from producer.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_UNAVAILABLE,
     WAIT_HELP,
+    errors_as_json,
     fail,
+    fail_input,
     print_status,
     run,
     status_or_fail,
     wait,
 )
 from producer.cli_common import settings as load
-from producer.enqueue import EnqueueResult, NotStored, Producer, StoredNotQueued, parse_send_at
+from producer.enqueue import (
+    EnqueueResult,
+    NotStored,
+    Producer,
+    StoredNotQueued,
+    parse_send_at,
+    rejection_items,
+)
 from producer.numbers import NumbersResult, Rejection, normalize_many
 from producer.plan import Plan
 from producer.recipients import RecipientsFileError, read_recipients
@@ -49,6 +58,8 @@ STDIN = "-"
 def main() -> None:
     """Send SMS campaigns through DIDWW and watch them."""
     configure_logging("WARNING")
+    # Errors are lines on stderr unless the command is given --json.
+    errors_as_json(False)
 
 
 @main.command()
@@ -108,6 +119,7 @@ def send(
     wait_done: bool,
 ) -> None:
     """Enqueue a campaign (or, with --dry-run, show what it would be)."""
+    errors_as_json(as_json)
     if bool(to) == bool(recipients):
         fail("give destinations with either --to or --recipients (one of them)")
     if column is not None and not recipients:
@@ -124,8 +136,10 @@ def send(
             "window": window,
             "timezone": timezone,
         }
-    except (RecipientsFileError, InputError) as exc:
+    except RecipientsFileError as exc:
         fail(str(exc))
+    except InputError as exc:
+        fail_input(exc)
     producer = Producer(settings)
     # A key even when none was given, so an interrupted enqueue can be completed (below).
     key = idempotency_key or secrets.token_urlsafe(16)
@@ -136,8 +150,9 @@ def send(
             return
         result = _write(producer, plan, key, as_json)
     except InputError as exc:
-        _report_rejections(numbers.rejections)
-        fail(str(exc))
+        if not as_json:
+            _report_rejections(numbers.rejections)
+        fail_input(exc, rejection_items(numbers.rejections))
     except KeyboardInterrupt:
         _interrupted(producer.campaign_id, key, idempotency_key is None)
     except StoredNotQueued as exc:
@@ -246,6 +261,7 @@ def _report_rejections(rejections: list[Rejection]) -> None:
 @click.option("--wait", "wait_done", is_flag=True, help=WAIT_HELP)
 def status(campaign: str, as_json: bool, wait_done: bool) -> None:
     """Show a campaign's counts per state, its send rate, and whether it is done."""
+    errors_as_json(as_json)
     settings = load()
     if wait_done:
         result = wait(settings, campaign, show=not as_json)
@@ -261,8 +277,12 @@ def status(campaign: str, as_json: bool, wait_done: bool) -> None:
 @click.argument("campaign")
 def pause(campaign: str) -> None:
     """Stop posting a campaign's messages until it is resumed."""
-    if not run(load(), lambda ledger: ledger.set_state(campaign, CampaignState.PAUSED)):
-        fail(f"no campaign {campaign!r}, or it is cancelled")
+    try:
+        paused = run(load(), lambda ledger: ledger.set_state(campaign, CampaignState.PAUSED))
+    except InputError as exc:
+        fail_input(exc)
+    if not paused:
+        fail(f"no campaign {campaign!r}", problem="campaign_not_found")
     click.echo(f"campaign {campaign} paused")
 
 
@@ -279,10 +299,12 @@ def resume(campaign: str) -> None:
 
     try:
         resumed = run(settings, work)
+    except InputError as exc:
+        fail_input(exc)
     finally:
         producer.close()
     if resumed is None:
-        fail(f"no campaign {campaign!r}, or it is cancelled")
+        fail(f"no campaign {campaign!r}", problem="campaign_not_found")
     published = resumed.batches_queued
     click.echo(f"campaign {campaign} resumed ({published} batches queued)")
 
@@ -291,9 +313,12 @@ def resume(campaign: str) -> None:
 @click.argument("campaign")
 def cancel(campaign: str) -> None:
     """Cancel every message of a campaign that is still queued."""
-    moved = run(load(), lambda ledger: control.cancel(ledger, campaign))
+    try:
+        moved = run(load(), lambda ledger: control.cancel(ledger, campaign))
+    except InputError as exc:
+        fail_input(exc)
     if moved is None:
-        fail(f"no campaign {campaign!r}")
+        fail(f"no campaign {campaign!r}", problem="campaign_not_found")
     click.echo(f"campaign {campaign} cancelled ({moved} queued messages cancelled)")
 
 

@@ -1,12 +1,14 @@
-"""What every `smsq` command shares: failing with one line and an exit code, loading the
-settings, running async work against the ledger, and showing a campaign's status (--wait)."""
+"""What every `smsq` command shares: failing with one line (or, with --json, the problem object
+the HTTP API answers) and an exit code, loading the settings, running async work against the
+ledger, and showing a campaign's status (--wait)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
@@ -14,10 +16,11 @@ import click
 import redis
 
 from ledger import connection
-from ledger.errors import ConfigError
+from ledger.errors import ConfigError, InputError
 from ledger.settings import Settings, load_settings
 from ledger.states import ALL_STATES, PENDING
 from ledger.store import Ledger, Status
+from producer import problems
 
 T = TypeVar("T")
 
@@ -36,9 +39,38 @@ WAIT_HELP = (
 )
 
 
-def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
-    click.echo(f"smsq: {message}", err=True)
+# Set by a command given --json: its errors are problem objects on standard output.
+_json_errors = False
+
+
+def errors_as_json(enabled: bool) -> None:
+    """With --json, fail() prints the error as the HTTP API answers it (RFC 9457 problem
+    details, producer/problems.py) on standard output, one line, before the exit code."""
+    global _json_errors
+    _json_errors = enabled
+
+
+def fail(
+    message: str,
+    code: int = EXIT_INPUT,
+    *,
+    problem: str | None = None,
+    errors: Iterable[Mapping[str, Any]] = (),
+) -> NoReturn:
+    """Exit with `code` after one line on standard error, or, with --json (errors_as_json), the
+    problem object of code `problem` (by default invalid_input for exit 2, redis_unavailable for
+    exit 1). Ctrl-C's line is never JSON: it is not an error."""
+    if _json_errors and code != EXIT_INTERRUPTED:
+        default = "redis_unavailable" if code == EXIT_UNAVAILABLE else "invalid_input"
+        click.echo(json.dumps(problems.problem(problem or default, message, errors).body()))
+    else:
+        click.echo(f"smsq: {message}", err=True)
     sys.exit(code)
+
+
+def fail_input(exc: InputError, errors: Iterable[Mapping[str, Any]] = ()) -> NoReturn:
+    """Exit 2 with an input error, its code the problem's."""
+    fail(str(exc), problem=problems.code_of(exc), errors=errors)
 
 
 def settings() -> Settings:
@@ -46,7 +78,7 @@ def settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        fail(f"configuration error: {exc}")
+        fail(f"configuration error: {exc}", problem="configuration_error")
 
 
 def run(settings: Settings, work: Callable[[Ledger], Coroutine[Any, Any, T]]) -> T:
@@ -94,7 +126,7 @@ def wait(settings: Settings, cid: str, show: bool) -> Status:
 async def status_or_fail(ledger: Ledger, cid: str) -> Status:
     status = await ledger.status(cid)
     if status is None:
-        fail(f"no campaign {cid!r}")
+        fail(f"no campaign {cid!r}", problem="campaign_not_found")
     return status
 
 

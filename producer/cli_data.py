@@ -23,10 +23,25 @@ from ledger.store import Ledger
 from producer import control
 from producer import report as reports
 from producer import resend as resends
-from producer.cli_common import EXIT_UNAVAILABLE, WAIT_HELP, fail, print_status, run, wait
+from producer.cli_common import (
+    EXIT_UNAVAILABLE,
+    WAIT_HELP,
+    errors_as_json,
+    fail,
+    fail_input,
+    print_status,
+    run,
+    wait,
+)
 from producer.cli_common import settings as load
-from producer.enqueue import NotStored, Producer, StoredNotQueued, parse_send_at
-from producer.numbers import InvalidNumber, normalize
+from producer.enqueue import (
+    NotStored,
+    Producer,
+    StoredNotQueued,
+    parse_send_at,
+    rejection_items,
+)
+from producer.numbers import normalize_many
 from producer.plan import check_schedule
 from producer.recipients import RecipientsFileError, read_recipients
 
@@ -71,13 +86,13 @@ def _filter(states: str | None, codes: str | None, allowed: Iterable[State]) -> 
     try:
         return reports.Filter(reports.parse_states(states, allowed), reports.parse_codes(codes))
     except InputError as exc:
-        fail(str(exc))
+        fail_input(exc)
 
 
 async def _campaign(ledger: Ledger, cid: str) -> Campaign:
     c = await ledger.campaign(cid)
     if c is None:
-        fail(f"no campaign {cid!r}")
+        fail(f"no campaign {cid!r}", problem="campaign_not_found")
     return c
 
 
@@ -111,6 +126,7 @@ def resend(
 ) -> None:
     """Send again to the recipients whose messages ended in these states, as a new campaign
     (never to a number that was sent in this one)."""
+    errors_as_json(as_json)
     settings = load()
     keep = _filter(states, codes, reports.RESENDABLE)
 
@@ -131,7 +147,7 @@ def resend(
             **resends.options(parent),
         )
     except InputError as exc:
-        fail(str(exc))
+        fail_input(exc)
     except StoredNotQueued as exc:
         # Accepted: the workers finish it; exit 0 so a script does not resend it twice.
         result = exc.result
@@ -181,9 +197,9 @@ def _control(campaign: str, work: Callable[[Ledger], Coroutine[Any, Any, T | Non
     try:
         result = run(load(), work)
     except InputError as exc:
-        fail(str(exc))
+        fail_input(exc)
     if result is None:
-        fail(f"no campaign {campaign!r}")
+        fail(f"no campaign {campaign!r}", problem="campaign_not_found")
     return result
 
 
@@ -192,25 +208,28 @@ def optout() -> None:
     """The opt-out list: numbers that are never sent."""
 
 
-def _normalized(numbers: tuple[str, ...]) -> list[str]:
-    found = []
-    for raw in numbers:
-        try:
-            found.append(normalize(raw))
-        except InvalidNumber as exc:
-            fail(f"invalid number {raw!r}: {exc.reason}")
-    return found
-
-
 # What `optout add` and `optout remove` report: what was done, and what the others were.
 _CHANGES = {"add": ("added", "already on the list"), "remove": ("removed", "were not on the list")}
 
 
 def _change(action: str, numbers: tuple[str, ...]) -> None:
-    wanted = _normalized(numbers)
-    changed = run(load(), lambda ledger: ledger.optout_change(action, wanted))
+    """Add or remove the valid numbers and list the others, as POST and DELETE /v1/optouts
+    do: only when none is valid is the command refused (exit 2)."""
+    found = normalize_many(numbers)
+    for r in found.rejections:
+        click.echo(f"argument {r.line}: {r.value!r}: {r.reason}", err=True)
+    if not found.numbers:
+        fail(
+            f"no valid number ({len(found.rejections)} rejected)",
+            problem="invalid_number",
+            errors=rejection_items(found.rejections),
+        )
+    changed = run(load(), lambda ledger: ledger.optout_change(action, found.numbers))
     done, others = _CHANGES[action]
-    click.echo(f"{changed} {done} ({len(wanted) - changed} {others})")
+    click.echo(
+        f"{changed} {done} ({len(found.numbers) - changed} {others}), "
+        f"{len(found.rejections)} rejected"
+    )
 
 
 @optout.command("add")
@@ -245,7 +264,13 @@ def optout_import(file: Path) -> None:
 
 
 @optout.command("list")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Print at most this many numbers after the count (0: the count only).",
+)
 def optout_list(limit: int) -> None:
     """Print how many numbers are on the list, and the first --limit of them."""
 
@@ -262,7 +287,12 @@ def optout_list(limit: int) -> None:
 
 
 @optout.command("export")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the numbers to this file instead of standard output.",
+)
 def optout_export(output: Path | None) -> None:
     """Write every number on the list as a CSV that `smsq optout import` reads back."""
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -106,10 +106,7 @@ class EnqueueResult:
             "rejected": self.rejected,
             "duplicates": self.duplicates,
             "suppressed": self.suppressed,
-            "rejections": [
-                {"line": r.line, "value": r.value, "reason": r.reason}
-                for r in self.rejections[:MAX_REPORTED_REJECTIONS]
-            ],
+            "rejections": rejection_items(self.rejections),
             "segments": self.segments,
             "total_segments": self.total_segments,
             "segments_per_message": self.segments_per_message,
@@ -117,6 +114,16 @@ class EnqueueResult:
             "repeated": self.repeated,
             **{k: v for k, v in self.summary.items() if k in ("send_at", "trunk", "window")},
         }
+
+
+def rejection_items(rejections: Sequence[Rejection]) -> list[dict[str, Any]]:
+    """The first MAX_REPORTED_REJECTIONS rejected recipients as every interface lists them:
+    `line` 1-based and `index` 0-based (line - 1: for recipients given as a list, its
+    position in it), the value as given (cut) and why it was refused."""
+    return [
+        {"line": r.line, "index": r.line - 1, "value": r.value, "reason": r.reason}
+        for r in rejections[:MAX_REPORTED_REJECTIONS]
+    ]
 
 
 def _result(cid: str, plan: Plan, repeated: bool = False) -> EnqueueResult:

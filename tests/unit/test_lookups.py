@@ -78,7 +78,8 @@ def test_filters_by_state_trunk_name_and_creation_time(real_ledger, real_redis) 
     real_redis.hset(keys.counts(new), mapping={"queued": 0, "delivered": 1})
 
     def ids(**where: Any) -> list[str]:
-        return [cid for page in every_page(real_ledger, 10, CampaignFilter(**where)) for cid in page]
+        pages = every_page(real_ledger, 10, CampaignFilter(**where))
+        return [cid for page in pages for cid in page]
 
     assert ids(state="cancelled") == [mid]
     assert ids(state="done") == [new]

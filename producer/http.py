@@ -29,6 +29,7 @@ from producer import http_campaigns as creating
 from producer import http_control as existing
 from producer import http_models as models
 from producer import http_optouts as optouts
+from producer import http_webhooks as webhooks
 from producer.enqueue import Producer
 from producer.http_common import (
     CAMPAIGN_ID,
@@ -109,6 +110,7 @@ PATH_PARAMETERS = {
         "description": "a phone number, normalised like destinations",
         "schema": {"type": "string"},
     },
+    **webhooks.PATH_PARAMETERS,
 }
 _LOCATION = {"Location": "/v1/campaigns/{campaign_id}"}
 _CREATED = {
@@ -271,6 +273,8 @@ ROUTES: list[Endpoint] = [
         body=models.Inbound,
         problems=("invalid_number",),
     ),
+    # Subscriptions to the events (docs/webhooks.md).
+    *webhooks.ENDPOINTS,
     # Served without a token, as most APIs serve theirs: they say what docs/api.md says, and
     # a problem's `type` links to the page.
     Endpoint(
@@ -300,8 +304,8 @@ ROUTES: list[Endpoint] = [
 ]
 DESCRIPTION = (
     "Campaigns (create, status, report, pause, resume, cancel, reschedule, resend, purge), "
-    "the opt-out list and STOP/START replies: docs/api.md. Errors are RFC 9457 problem "
-    "details with a stable `code`."
+    "the opt-out list, STOP/START replies and webhooks: docs/api.md, docs/webhooks.md. "
+    "Errors are RFC 9457 problem details with a stable `code`."
 )
 
 

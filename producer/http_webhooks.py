@@ -112,7 +112,7 @@ def _store(api: Api) -> WebhookStore:
 def _webhook_id(request: Request) -> str:
     wid = request.path_params["wid"]
     if not WEBHOOK_ID.fullmatch(wid):
-        raise ApiError(404, f"no webhook {wid!r}")
+        raise ApiError("webhook_not_found", f"no webhook {wid!r}")
     return str(wid)
 
 
@@ -131,7 +131,7 @@ async def list_webhooks(request: Request, api: Api) -> Response:
 async def delete_webhook(request: Request, api: Api) -> Response:
     wid = _webhook_id(request)
     if not await _store(api).delete(wid):
-        raise ApiError(404, f"no webhook {wid!r}")
+        raise ApiError("webhook_not_found", f"no webhook {wid!r}")
     return Response(status_code=204)
 
 
@@ -139,7 +139,7 @@ async def rotate_webhook_secret(request: Request, api: Api) -> Response:
     wid = _webhook_id(request)
     secret = await _store(api).rotate(wid)
     if secret is None:
-        raise ApiError(404, f"no webhook {wid!r}")
+        raise ApiError("webhook_not_found", f"no webhook {wid!r}")
     return reply(WebhookSecret, {"id": wid, "secret": secret})
 
 
@@ -181,7 +181,7 @@ ENDPOINTS: list[Endpoint] = [
         delete_webhook,
         "Delete a subscription and the deliveries still owed to it",
         {204: Answer("deleted")},
-        problems=("not_found",),
+        problems=("webhook_not_found",),
     ),
     Endpoint(
         "POST",
@@ -189,6 +189,6 @@ ENDPOINTS: list[Endpoint] = [
         rotate_webhook_secret,
         "Give a subscription a new signing secret, shown this once (the old one signs 24 h more)",
         {200: json_answer(WebhookSecret, "the new secret")},
-        problems=("not_found",),
+        problems=("webhook_not_found",),
     ),
 ]

@@ -57,6 +57,7 @@ CODES: dict[str, Code] = {
         "No such campaign",
         "no campaign has this id (or it was purged); an id that cannot be one is not looked up",
     ),
+    "webhook_not_found": Code(404, "No such webhook", "no webhook subscription has this id"),
     "method_not_allowed": Code(
         405, "Method not allowed", "the path exists, but not with this method"
     ),

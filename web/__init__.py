@@ -1,6 +1,7 @@
 """What smsq's two HTTP services share (the callback ingester, `python -m callbacks`, and the
 HTTP API, `python -m producer.http`): a body reader with a size limit, the start-up, and the
-server options that cut slow clients off (web/protocol.py)."""
+server options that cut slow clients off (web/protocol.py). web/transport.py is the HTTP
+client transport of the workers and the webhook delivery service."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The DIDWW Outbound SMS API client: one POST, and one place that maps its outcomes to errors.
 
 One client per trunk lives in each worker process and is reused across tasks. Requests are
-httpx objects sent through worker.transport.LeanTransport (httpx's own pool costs several
+httpx objects sent through web.transport.LeanTransport (httpx's own pool costs several
 times the CPU per request at the rates smsq runs at: see that module), or through httpx's
 standard transport when a proxy is configured for the DIDWW host (HTTPS_PROXY and friends).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.request
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 
 from ledger.settings import TrunkConfig
+from web.transport import Exchange, LeanTransport, proxy_for
 from worker.errors import (
     Ambiguous,
     AuthFailed,
@@ -28,7 +28,6 @@ from worker.errors import (
     Rejected,
     ServerError,
 )
-from worker.transport import Exchange, LeanTransport
 
 # The seed demands exactly this media type, without parameters.
 CONTENT_TYPE = "application/vnd.api+json"
@@ -152,16 +151,6 @@ def document(source: str, destination: str, content: str) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _proxy_for(url: httpx.URL) -> str | None:
-    """The proxy the environment names for this URL (HTTPS_PROXY, NO_PROXY, ...), if any."""
-    proxies = urllib.request.getproxies()
-    if not proxies or urllib.request.proxy_bypass(url.host):
-        return None
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    # HTTPS_PROXY=proxy:3128 means http://proxy:3128 to curl and httpx alike.
-    return proxy if not proxy or "://" in proxy else f"http://{proxy}"
-
-
 class DidwwClient:
     """Posts outbound messages for one trunk; safe to share between the coroutines of one
     event loop."""
@@ -184,7 +173,7 @@ class DidwwClient:
             (b"Authorization", b"Basic " + base64.b64encode(credentials)),
         ]
         if transport is None:
-            proxy = _proxy_for(self.url)
+            proxy = proxy_for(self.url)
             if proxy:
                 transport = httpx.AsyncHTTPTransport(
                     proxy=proxy,

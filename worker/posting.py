@@ -15,11 +15,11 @@ import structlog
 from ledger import campaigns, events, keys, records
 from ledger.hotpath import Claimed, Result
 from ledger.templates import Template
+from web.transport import Exchange
 from worker.batches import HeldBatch, Hub, Lane
 from worker.errors import Ambiguous, DidwwError, Rejected
 from worker.metrics import API_SECONDS, MESSAGES, RETRIES
 from worker.outcome import Kind, decide
-from worker.transport import Exchange
 
 log = structlog.stdlib.get_logger("smsq.worker")
 

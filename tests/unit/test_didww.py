@@ -29,6 +29,7 @@ from smsq_testing import PASSWORD, make_settings
 from ledger.errors import ConfigError
 from ledger.settings import TrunkConfig
 from ops.simulator import Simulator, SimulatorConfig
+from web.transport import Exchange, LeanTransport
 from worker.didww import DidwwClient, raise_for_response
 from worker.errors import (
     Ambiguous,
@@ -42,7 +43,6 @@ from worker.errors import (
     Retryable,
     ServerError,
 )
-from worker.transport import Exchange, LeanTransport
 
 Handler = Callable[[httpx.Request], httpx.Response]
 MESSAGE_ID = "550e8400-e29b-41d4-a716-446655440000"

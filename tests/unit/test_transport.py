@@ -1,4 +1,4 @@
-"""Tests for worker.transport.LeanTransport over real sockets on 127.0.0.1, on asyncio and uvloop.
+"""Tests for web.transport.LeanTransport over real sockets on 127.0.0.1, on asyncio and uvloop.
 
 Each test runs small asyncio servers of its own; which httpx exception a failure raises is the
 point of most of them, since the worker decides from its class whether a message may be resent.
@@ -24,7 +24,7 @@ import trustme
 import uvloop
 
 from ops.simulator import JSONAPI_MEDIA_TYPE, Simulator, SimulatorConfig
-from worker.transport import Exchange, LeanTransport
+from web.transport import Exchange, LeanTransport
 
 # A password and a body that must never appear in an exception's message.
 SECRET = "s3cr3t-never-logged"

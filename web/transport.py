@@ -1,5 +1,6 @@
-"""The workers' httpx transport: HTTP/1.1 to one host on an asyncio Protocol and httptools,
-with an O(1) pool, because httpx's own transport spends most of a worker's CPU per request.
+"""smsq's httpx transport: HTTP/1.1 to one host on an asyncio Protocol and httptools, with an
+O(1) pool, because httpx's own transport spends most of a sender's CPU per request. The
+workers post to DIDWW with it, the webhook delivery service to each subscription.
 """
 
 # Hand-written where we measured the library falls short: against the simulator (0 ms, uvloop,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 from collections import deque
 from typing import cast
 
@@ -358,3 +360,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
             connection.close()
             raise httpx.ConnectError("the transport is closed", request=request)
         return connection
+
+
+def proxy_for(url: httpx.URL) -> str | None:
+    """The proxy the environment names for this URL (HTTPS_PROXY, NO_PROXY, ...), if any:
+    LeanTransport connects directly, so a caller uses httpx's transport when there is one."""
+    proxies = urllib.request.getproxies()
+    if not proxies or urllib.request.proxy_bypass(url.host):
+        return None
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    # HTTPS_PROXY=proxy:3128 means http://proxy:3128 to curl and httpx alike.
+    return proxy if not proxy or "://" in proxy else f"http://{proxy}"

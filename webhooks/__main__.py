@@ -9,7 +9,9 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
+import httpx
 import structlog
 import uvloop
 
@@ -17,16 +19,41 @@ from ledger import connection
 from ledger.errors import ConfigError
 from ledger.logs import configure_logging
 from ledger.settings import Settings, load_settings
+from ledger.webhooks import Subscription
+from web.transport import LeanTransport, proxy_for
 from webhooks import metrics
 from webhooks.service import Service
 
 log = structlog.stdlib.get_logger("smsq.webhooks")
 
 
+def transports(settings: Settings) -> Callable[[Subscription], httpx.AsyncBaseTransport]:
+    """Each subscription's transport: LeanTransport (http:// and https://), whose pool costs
+    O(1) a request where httpx's scans its connections (docs/performance.md, webhooks);
+    httpx's own where the environment names a proxy for the URL, which LeanTransport does not
+    speak. The attempt's timeout bounds both phases: the service cuts the whole attempt."""
+
+    def transport_for(sub: Subscription) -> httpx.AsyncBaseTransport:
+        url = httpx.URL(sub.url)
+        proxy = proxy_for(url)
+        if proxy:
+            return httpx.AsyncHTTPTransport(
+                proxy=proxy, limits=httpx.Limits(max_connections=settings.webhook_connections)
+            )
+        return LeanTransport(
+            str(url.copy_with(path="/", query=None, fragment=None)),
+            max_connections=settings.webhook_connections,
+            connect_timeout_s=settings.webhook_timeout_s,
+            read_timeout_s=settings.webhook_timeout_s,
+        )
+
+    return transport_for
+
+
 async def _serve(settings: Settings, consumer: str | None) -> bool:
     """Run one delivery process until a signal; False if it stopped on a failure."""
     redis = connection.async_client(settings)
-    service = Service(settings, redis, consumer)
+    service = Service(settings, redis, consumer, transport_for=transports(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)

@@ -33,6 +33,7 @@ from ops.bench.scenarios import (
     retention,
     sending,
     trunks,
+    webhooks,
 )
 from ops.bench.sizes import FULL, SMOKE
 
@@ -52,6 +53,7 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "enqueue": enqueue.run,
     "callbacks": callbacks.run,
     "memory": memory.run,
+    "webhooks": webhooks.run,
 }
 
 

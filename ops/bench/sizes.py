@@ -71,6 +71,12 @@ class Sizes:
     retention_max_s: float = 400.0
     # Templated enqueue, opt-out checks and the report, each at a million.
     campaign_data_messages: int = 1_000_000
+    # Webhook delivery: a backlog that outlasts the fan-out, the warm-up and the window at
+    # several times the target (about 0.8 KB of Redis each), split over the subscriptions.
+    webhook_deliveries: int = 200_000
+    webhook_subscriptions: tuple[int, ...] = (1, 4)
+    webhook_warmup_s: float = 3.0
+    webhook_window_s: float = 15.0
 
 
 FULL = Sizes()
@@ -102,4 +108,7 @@ SMOKE = replace(
     retention_messages=1_000,
     retention_max_s=60.0,
     campaign_data_messages=2_000,
+    webhook_deliveries=400,
+    webhook_warmup_s=0.0,
+    webhook_window_s=0.5,
 )

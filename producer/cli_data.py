@@ -39,10 +39,9 @@ from producer.enqueue import (
     Producer,
     StoredNotQueued,
     parse_send_at,
-    rejection_items,
 )
 from producer.numbers import normalize_many
-from producer.plan import check_schedule
+from producer.plan import check_schedule, rejection_items
 from producer.recipients import RecipientsFileError, read_recipients
 
 T = TypeVar("T")

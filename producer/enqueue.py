@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from ledger.quiet_hours import Group, QuietHours, next_open
 from ledger.settings import Settings, load_settings
 from ledger.states import CampaignState, State
 from producer.numbers import NumbersResult, Rejection, normalize_recipients
-from producer.plan import MAX_REPORTED_REJECTIONS, Options, Plan, Planner
+from producer.plan import Options, Plan, Planner
 
 # Batches written per Redis round trip.
 WRITE_CHUNK_BATCHES = 200
@@ -90,7 +90,7 @@ class EnqueueResult:
     duplicates: int
     rejections: list[Rejection] = field(repr=False)
     # The most segments any message needs (every message's count for a plain text).
-    segments: int
+    max_segments: int
     encoding: str
     suppressed: int = 0
     total_segments: int = 0
@@ -100,30 +100,14 @@ class EnqueueResult:
     summary: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
+        """The plan's summary (the names a dry run shows) with this campaign's id: the same
+        object in the Python API, `smsq send --json` and the HTTP API."""
         return {
+            **self.summary,
             "campaign_id": self.campaign_id,
-            "queued": self.queued,
-            "rejected": self.rejected,
-            "duplicates": self.duplicates,
-            "suppressed": self.suppressed,
-            "rejections": rejection_items(self.rejections),
-            "segments": self.segments,
-            "total_segments": self.total_segments,
-            "segments_per_message": self.segments_per_message,
-            "encoding": self.encoding,
+            "dry_run": False,
             "repeated": self.repeated,
-            **{k: v for k, v in self.summary.items() if k in ("send_at", "trunk", "window")},
         }
-
-
-def rejection_items(rejections: Sequence[Rejection]) -> list[dict[str, Any]]:
-    """The first MAX_REPORTED_REJECTIONS rejected recipients as every interface lists them:
-    `line` 1-based and `index` 0-based (line - 1: for recipients given as a list, its
-    position in it), the value as given (cut) and why it was refused."""
-    return [
-        {"line": r.line, "index": r.line - 1, "value": r.value, "reason": r.reason}
-        for r in rejections[:MAX_REPORTED_REJECTIONS]
-    ]
 
 
 def _result(cid: str, plan: Plan, repeated: bool = False) -> EnqueueResult:
@@ -134,7 +118,7 @@ def _result(cid: str, plan: Plan, repeated: bool = False) -> EnqueueResult:
         rejected=len(plan.rejections),
         duplicates=plan.numbers.duplicates,
         rejections=plan.rejections,
-        segments=max(plan.distribution, default=0),
+        max_segments=max(plan.distribution, default=0),
         encoding=plan.encoding,
         suppressed=len(plan.suppressed),
         total_segments=plan.total_segments,
@@ -528,9 +512,13 @@ def _campaign(cid: str, plan: Plan, layout: Layout) -> Campaign:
         parent=plan.parent,
         # Everyone opted out: done at once, and purged after the retention.
         done_at=None if plan.messages else plan.created_at,
+        # As stored since the first release: "segments" is the campaign's total.
         enqueue={
-            k: summary[k]
-            for k in ("rejected", "duplicates", "suppressed", "segments", "segments_per_message")
+            "rejected": summary["rejected"],
+            "duplicates": summary["duplicates"],
+            "suppressed": summary["suppressed"],
+            "segments": summary["total_segments"],
+            "segments_per_message": summary["segments_per_message"],
         },
     )
 

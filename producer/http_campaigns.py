@@ -23,7 +23,6 @@ from producer.http_common import (
     campaign_id,
     coded,
     idempotency_key,
-    indexed,
     log,
     message_filter,
     not_found,
@@ -33,6 +32,7 @@ from producer.http_common import (
 )
 from producer.http_models import CampaignCreate, CampaignCreated, CampaignPreview, Resend
 from producer.numbers import NumbersResult, normalize_recipients
+from producer.plan import rejection_items
 from producer.problems import code_of
 
 
@@ -87,26 +87,13 @@ def parse_campaign(req: CampaignCreate) -> CampaignRequest:
 
 
 def created_body(result: EnqueueResult) -> dict[str, Any]:
-    """EnqueueResult.as_dict() with its rejections by 0-based index as `rejected`."""
-    out = result.as_dict()
-    # The same rejections are `rejected`, by index in the request's array rather than line.
-    del out["rejections"]
-    out.update(
-        rejected=indexed(result.rejections),
-        rejected_count=result.rejected,
-        priority=bool(result.summary.get("priority")),
-        send_at=result.summary.get("send_at"),
-    )
-    return out
+    """The enqueue result, as the Python API and `smsq send --json` give it."""
+    return result.as_dict()
 
 
 def preview_body(summary: dict[str, Any]) -> dict[str, Any]:
-    """Plan.summary() for a dry run, its rejections by 0-based index like every answer's."""
-    rejections = [
-        {"index": r["line"] - 1, "value": r["value"], "reason": r["reason"]}
-        for r in summary["rejections"]
-    ]
-    return {"dry_run": True, **summary, "rejections": rejections}
+    """A dry run's answer: the plan's summary, the enqueue result's names without an id."""
+    return summary
 
 
 def enqueue(
@@ -133,7 +120,7 @@ def enqueue(
         # The rejected recipients are what is at fault when none is left.
         rejected = numbers.rejections if code == "no_valid_recipient" else []
         raise ApiError(
-            code, str(exc), errors=indexed(rejected), errors_count=len(rejected)
+            code, str(exc), errors=rejection_items(rejected), errors_count=len(rejected)
         ) from None
     except NotStored as exc:
         # Nothing is left (or, said in the message, Redis could not tell): a retry is safe.
@@ -177,7 +164,7 @@ async def post_campaign(request: Request, api: Api) -> Response:
             "campaign_created",
             campaign_id=outcome.body["campaign_id"],
             queued=outcome.body["queued"],
-            rejected=outcome.body["rejected_count"],
+            rejected=outcome.body["rejected"],
             duplicates=outcome.body["duplicates"],
             suppressed=outcome.body["suppressed"],
             repeated=outcome.body["repeated"],

@@ -27,8 +27,6 @@ from producer import problems
 from producer import report as reports
 from producer.enqueue import Producer
 from producer.http_models import UNION_TAGS
-from producer.numbers import Rejection
-from producer.plan import MAX_REPORTED_REJECTIONS
 from producer.problems import Problem, ProblemItem
 from web import BodyTooLarge, ClientGone, read_limited
 
@@ -291,17 +289,6 @@ def idempotency_key(request: Request) -> str | None:
             "the Idempotency-Key header must be 1 to 200 printable ASCII characters",
         )
     return key
-
-
-def indexed(rejections: Iterable[Rejection]) -> list[dict[str, Any]]:
-    """The first MAX_REPORTED_REJECTIONS rejections by 0-based `index` in the request's array
-    (Rejection.line is 1-based, as files count lines)."""
-    out: list[dict[str, Any]] = []
-    for r in rejections:
-        if len(out) == MAX_REPORTED_REJECTIONS:
-            break
-        out.append({"index": r.line - 1, "value": r.value, "reason": r.reason})
-    return out
 
 
 def message_filter(

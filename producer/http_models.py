@@ -276,7 +276,10 @@ class OptoutsQuery(BaseModel):
 
 
 class Rejection(_Response):
-    index: int = Field(description="0-based position in the request's array")
+    """A refused recipient or number: both its 1-based line and its 0-based index."""
+
+    line: int = Field(description="1-based: a recipients file's line, or index + 1")
+    index: int = Field(description="0-based position in the request's array (line - 1)")
     value: str = Field(description="the value, cut to 40 characters")
     reason: str
 
@@ -289,48 +292,40 @@ class CreatedWindow(_Response):
 
 
 class CampaignCreated(_Response):
-    """201 (created), 200 (a repeat with the same Idempotency-Key) or 202 (stored, not all
-    queued yet: `note`)."""
+    """The enqueue result: 201 (created), 200 (a repeat with the same Idempotency-Key) or 202
+    (stored, not all queued yet: `note`). The same names and meanings in a dry run, the Python
+    API's EnqueueResult.as_dict() and `smsq send --json` (docs/api.md "The enqueue
+    result")."""
 
-    campaign_id: str
-    queued: int = Field(description="messages enqueued")
-    rejected: list[Rejection] = Field(description="the refused recipients (the first 100)")
-    rejected_count: int
+    campaign_id: str | None = Field(description="the campaign; null in a dry run")
+    dry_run: bool = Field(description="true: nothing was written (a preview)")
+    repeated: bool = Field(description="the Idempotency-Key found this campaign already made")
+    queued: int = Field(description="messages enqueued (in a dry run: that would be)")
+    rejected: int = Field(description="how many recipients were refused")
+    rejections: list[Rejection] = Field(description="the refused recipients (the first 100)")
     duplicates: int = Field(description="valid numbers dropped as repeats")
     suppressed: int = Field(description="numbers on the opt-out list: stored, never sent")
-    segments: int = Field(description="the most segments any message needs")
-    total_segments: int
+    max_segments: int = Field(description="the most segments any message needs")
+    total_segments: int = Field(description="the campaign's segments, all messages together")
     segments_per_message: dict[str, int] = Field(description="how many messages need each count")
     encoding: str = Field(description="GSM-7, UCS-2 or mixed")
-    repeated: bool = Field(description="the Idempotency-Key found this campaign already made")
+    encodings: dict[str, int] = Field(description="how many messages need each encoding")
+    longest_message: str = Field(description="the text of the message needing most segments")
+    longest_segments: int
     trunk: str
-    send_at: float | None = Field(description="Unix time, or null for now")
     priority: bool = Field(description="the campaign takes the urgent lane")
+    send_at: float | None = Field(description="Unix time, or null for now")
+    duration_s: float = Field(description="time sending takes at the trunk's rate")
     window: CreatedWindow | SkipJsonSchema[None] = absent("only with quiet hours")
     note: str | SkipJsonSchema[None] = absent("only in a 202: the rest is queued by the workers")
     parent: str | SkipJsonSchema[None] = absent("only for a resend: the campaign it resends")
 
 
-class CampaignPreview(_Response):
-    """200 for a dry run: nothing was written."""
+class CampaignPreview(CampaignCreated):
+    """200 for a dry run: the enqueue result of a campaign that was not written."""
 
+    campaign_id: None = Field(description="null: nothing was written")
     dry_run: Literal[True]
-    messages: int
-    rejected: int = Field(description="how many recipients were refused")
-    duplicates: int
-    suppressed: int
-    segments: int = Field(description="the campaign's total")
-    segments_per_message: dict[str, int]
-    encoding: str
-    encodings: dict[str, int]
-    longest_message: str
-    longest_segments: int
-    trunk: str
-    priority: bool
-    send_at: float | None
-    duration_s: float = Field(description="time sending takes at the trunk's rate")
-    rejections: list[Rejection] = Field(description="the refused recipients (the first 100)")
-    window: CreatedWindow | SkipJsonSchema[None] = absent("only with quiet hours")
 
 
 class TrunkStatus(_Response):
@@ -428,15 +423,15 @@ class OptoutCount(_Response):
 class OptoutsAdded(_Response):
     added: int
     already_listed: int
-    rejected: list[Rejection]
-    rejected_count: int
+    rejected: int = Field(description="how many numbers were refused")
+    rejections: list[Rejection] = Field(description="the refused numbers (the first 100)")
 
 
 class OptoutsRemoved(_Response):
     removed: int
     not_listed: int
-    rejected: list[Rejection]
-    rejected_count: int
+    rejected: int = Field(description="how many numbers were refused")
+    rejections: list[Rejection] = Field(description="the refused numbers (the first 100)")
 
 
 class OptoutLookup(_Response):

@@ -15,7 +15,6 @@ from starlette.responses import Response, StreamingResponse
 from producer.http_common import (
     Api,
     ApiError,
-    indexed,
     log,
     read_body,
     read_query,
@@ -34,6 +33,7 @@ from producer.http_models import (
     OptoutsRemoved,
 )
 from producer.numbers import InvalidNumber, NumbersResult, normalize, normalize_many
+from producer.plan import rejection_items
 
 # Replies that take a number off (or back onto) the sending list: the keywords carriers and
 # the CTIA guidelines recognise, compared with the first word casefolded, punctuation dropped.
@@ -95,14 +95,14 @@ async def _numbers(request: Request) -> NumbersResult:
         raise ApiError(
             "invalid_number",
             f"no valid number ({len(found.rejections)} rejected)",
-            errors=indexed(found.rejections),
+            errors=rejection_items(found.rejections),
             errors_count=len(found.rejections),
         )
     return found
 
 
 def _rejected(found: NumbersResult) -> dict[str, Any]:
-    return {"rejected": indexed(found.rejections), "rejected_count": len(found.rejections)}
+    return {"rejected": len(found.rejections), "rejections": rejection_items(found.rejections)}
 
 
 # Per action, the answer's model and its names for what was done and for the others.

@@ -118,14 +118,22 @@ class Plan:
         return units / self.rate.per_s
 
     def summary(self) -> dict[str, Any]:
-        """The figures a dry run prints and the enqueue result carries."""
+        """The campaign's figures, named as every interface names them (docs/api.md "The
+        enqueue result"): a dry run shows this, and an enqueue's result is this with its
+        campaign id (producer/enqueue.py EnqueueResult.as_dict). Counts are counts and lists
+        lists: `rejected` counts what `rejections` lists (its first 100)."""
         now = time.time()
         out: dict[str, Any] = {
-            "messages": self.messages,
+            "campaign_id": None,
+            "dry_run": True,
+            "repeated": False,
+            "queued": self.messages,
             "rejected": len(self.rejections),
             "duplicates": self.numbers.duplicates,
             "suppressed": len(self.suppressed),
-            "segments": self.total_segments,
+            "rejections": rejection_items(self.rejections),
+            "max_segments": max(self.distribution, default=0),
+            "total_segments": self.total_segments,
             "segments_per_message": {str(k): v for k, v in sorted(self.distribution.items())},
             "encoding": self.encoding,
             "encodings": dict(self.encodings),
@@ -135,10 +143,6 @@ class Plan:
             "priority": self.priority,
             "send_at": self.send_at or None,
             "duration_s": round(self.duration_s(), 1),
-            "rejections": [
-                {"line": r.line, "value": r.value, "reason": r.reason}
-                for r in self.rejections[:MAX_REPORTED_REJECTIONS]
-            ],
         }
         if self.window:
             state = window_state(
@@ -151,6 +155,16 @@ class Plan:
                 "next_open": state.next_open_ts,
             }
         return out
+
+
+def rejection_items(rejections: Sequence[Rejection]) -> list[dict[str, Any]]:
+    """The first MAX_REPORTED_REJECTIONS rejected recipients as every interface lists them:
+    `line` 1-based and `index` 0-based (line - 1: for recipients given as a list, its
+    position in it), the value as given (cut) and why it was refused."""
+    return [
+        {"line": r.line, "index": r.line - 1, "value": r.value, "reason": r.reason}
+        for r in rejections[:MAX_REPORTED_REJECTIONS]
+    ]
 
 
 def check_schedule(send_at: datetime | None, now: float) -> float:

@@ -77,7 +77,7 @@ def test_a_campaign_created_over_http_is_sent_and_watched(make_stack, request) -
     created = response.json()
     cid = created["campaign_id"]
     assert created["queued"] == 20 and created["duplicates"] == 1
-    assert [r["index"] for r in created["rejected"]] == [20]
+    assert [r["index"] for r in created["rejections"]] == [20]
 
     wrong = httpx.Client(base_url=url, headers={"authorization": "Bearer nope"})
     with wrong:

@@ -64,14 +64,14 @@ def test_a_templated_campaign_renders_each_recipients_text_and_rejects_bad_lines
     assert reasons[2] == "no value for {time}"  # line 2 is guest 0: no time
     assert "segments" in reasons[13]  # guest 11: the long name
     # The dry run's figures are the real run's.
-    assert dry["messages"] == out["queued"] == len(expected)
+    assert dry["queued"] == out["queued"] == len(expected)
     assert (dry["rejected"], dry["duplicates"], dry["suppressed"]) == (
         out["rejected"],
         out["duplicates"],
         out["suppressed"],
     )
     assert dry["segments_per_message"] == out["segments_per_message"]
-    assert dry["segments"] == out["total_segments"]
+    assert dry["total_segments"] == out["total_segments"]
     assert dry["duration_s"] > 0 and "your table is at" in dry["longest_message"]
 
     stack.wait_done(out["campaign_id"], timeout_s=60)

@@ -32,7 +32,7 @@ def test_campaign_reaches_didww_once_per_number_within_the_rate(make_stack, tmp_
 
     sent = stack.send("--recipients", str(tmp_path / "numbers.csv"), "--text", "Hello, world")
     assert sent["queued"] == CAMPAIGN_SIZE
-    assert (sent["rejected"], sent["duplicates"], sent["segments"]) == (0, 0, 1)
+    assert (sent["rejected"], sent["duplicates"], sent["max_segments"]) == (0, 0, 1)
     status = stack.wait_done(sent["campaign_id"])
 
     # Exactly once per number at the API.

@@ -20,7 +20,7 @@ def test_json_output_and_what_is_stored(make_stack, tmp_path: Path):
     assert out["queued"] == 1 and out["duplicates"] == 1 and out["rejected"] == 2
     assert [r["line"] for r in out["rejections"]] == [4, 5]
     assert all(r["reason"] for r in out["rejections"])
-    assert out["encoding"] == "GSM-7" and out["segments"] == 1
+    assert out["encoding"] == "GSM-7" and out["max_segments"] == 1
     client = stack.redis()
     try:
         cid = out["campaign_id"]

@@ -239,7 +239,7 @@ def test_recipients_from_standard_input(smsq: Callable[..., click.testing.Result
         "--dry-run", "--json", input=stdin,
     )  # fmt: skip
     out = _preview(result)
-    assert out["messages"] == 2 and out["rejected"] == 1
+    assert out["queued"] == 2 and out["rejected"] == 1
     assert out["longest_message"] in ("Hi Ann", "Hi Bob")
 
 
@@ -249,7 +249,7 @@ def test_numbers_from_standard_input(smsq: Callable[..., click.testing.Result]) 
         input=f"{UK}\n{FR}\n{UK}\n",
     )  # fmt: skip
     out = _preview(result)
-    assert (out["messages"], out["duplicates"]) == (2, 1)
+    assert (out["queued"], out["duplicates"]) == (2, 1)
 
 
 def test_empty_standard_input_is_a_clear_error(smsq: Callable[..., click.testing.Result]) -> None:
@@ -268,7 +268,7 @@ def test_column_picks_the_number_column(
         "--text", "Hi {name}, your landline is {phone}", "--dry-run", "--json",
     )  # fmt: skip
     out = _preview(result)
-    assert out["messages"] == 1
+    assert out["queued"] == 1
     assert out["longest_message"] == f"Hi Ann, your landline is {FR}"
 
 

@@ -26,7 +26,8 @@ from ledger.settings import Settings
 from ledger.states import ALL_STATES, CampaignState
 from ledger.store import Ledger
 from producer import http, http_common, problems
-from producer.enqueue import MAX_REPORTED_REJECTIONS, Producer
+from producer.enqueue import Producer
+from producer.plan import MAX_REPORTED_REJECTIONS
 
 API_TOKEN = "api-SECRET-token"
 AUTH = {"authorization": f"Bearer {API_TOKEN}"}
@@ -176,25 +177,31 @@ def test_create_campaign_is_201_with_the_enqueue_result(server, sync_redis) -> N
     assert response.headers["location"] == f"/v1/campaigns/{cid}"
     assert out == {
         "campaign_id": cid,
+        "dry_run": False,
+        "repeated": False,
         "queued": 3,
-        "rejected": [
+        "rejected": 1,
+        "rejections": [
             {
+                "line": 4,
                 "index": 3,
                 "value": "12",
                 "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
             }
         ],
-        "rejected_count": 1,
         "duplicates": 1,
         "suppressed": 0,
-        "segments": 1,
+        "max_segments": 1,
         "total_segments": 3,
         "segments_per_message": {"1": 3},
         "encoding": "GSM-7",
-        "repeated": False,
+        "encodings": {"GSM-7": 3},
+        "longest_message": "Sale today",
+        "longest_segments": 1,
         "trunk": "default",
         "send_at": None,
         "priority": False,
+        "duration_s": out["duration_s"],
     }
     assert keys.CAMPAIGN_ID.fullmatch(cid)
     c = stored(sync_redis, cid)
@@ -272,9 +279,9 @@ def test_priority_must_be_a_boolean(server, sync_redis, value: Any) -> None:
 def test_rejections_listed_are_capped_but_all_counted(server) -> None:
     bad = [f"x{i}" for i in range(MAX_REPORTED_REJECTIONS + 5)]
     out = create(server, campaign_body(destinations=[*bad, "37041654321"])).json()
-    assert len(out["rejected"]) == MAX_REPORTED_REJECTIONS
-    assert out["rejected_count"] == MAX_REPORTED_REJECTIONS + 5
-    assert out["rejected"][-1]["index"] == MAX_REPORTED_REJECTIONS - 1
+    assert len(out["rejections"]) == MAX_REPORTED_REJECTIONS
+    assert out["rejected"] == MAX_REPORTED_REJECTIONS + 5
+    assert out["rejections"][-1]["index"] == MAX_REPORTED_REJECTIONS - 1
 
 
 @pytest.mark.parametrize(

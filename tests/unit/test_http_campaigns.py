@@ -73,9 +73,10 @@ def test_recipients_with_fields_fill_a_templated_text(server, sync_redis) -> Non
 
     assert response.status_code == 201, response.text
     out = response.json()
-    assert out["queued"] == 3 and out["rejected_count"] == 1
-    assert out["rejected"] == [
+    assert out["queued"] == 3 and out["rejected"] == 1
+    assert out["rejections"] == [
         {
+            "line": 4,
             "index": 3,
             "value": "12",
             "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
@@ -98,8 +99,8 @@ def test_a_recipient_missing_a_field_without_default_is_rejected_by_index(server
     assert response.status_code == 201, response.text
     out = response.json()
     assert out["queued"] == 1
-    assert out["rejected"] == [
-        {"index": 1, "value": "37041654322", "reason": "no value for {name}"}
+    assert out["rejections"] == [
+        {"line": 2, "index": 1, "value": "37041654322", "reason": "no value for {name}"}
     ]
 
 
@@ -262,18 +263,20 @@ def test_a_dry_run_answers_the_preview_and_writes_nothing(server, sync_redis) ->
     assert response.status_code == 200, response.text
     out = response.json()
     assert out["dry_run"] is True
-    assert out["messages"] == 3 and out["rejected"] == 1 and out["suppressed"] == 0
-    assert out["segments"] == 3 and out["segments_per_message"] == {"1": 3}
+    assert out["queued"] == 3 and out["rejected"] == 1 and out["suppressed"] == 0
+    assert out["total_segments"] == 3 and out["max_segments"] == 1
+    assert out["segments_per_message"] == {"1": 3}
     assert out["encoding"] == "GSM-7" and out["trunk"] == "default"
     assert out["longest_message"] == "Sale today" and out["duration_s"] >= 0
     assert out["rejections"] == [
         {
+            "line": 4,
             "index": 3,
             "value": "12",
             "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
         }
     ]
-    assert "campaign_id" not in out and "location" not in response.headers
+    assert out["campaign_id"] is None and "location" not in response.headers
     assert sync_redis.keys("*") == [] and celery.sent == []
 
 
@@ -363,7 +366,7 @@ def test_publishing_failed_after_storing_is_202_and_the_same_key_completes_it(
     [stored] = create_with(server, campaign_body(), key="k1", celery=FakeCelery(True, error))
     assert stored.status_code == 202, stored.text
     cid = stored.json()["campaign_id"]
-    assert stored.json()["queued"] == 3 and stored.json()["rejected_count"] == 0
+    assert stored.json()["queued"] == 3 and stored.json()["rejected"] == 0
     assert "the workers queue the rest" in stored.json()["note"]
 
     celery = FakeCelery()

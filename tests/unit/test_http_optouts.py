@@ -57,21 +57,22 @@ def test_add_count_check_and_remove_numbers(server, sync_redis) -> None:
     assert added.json() == {
         "added": 2,
         "already_listed": 0,
-        "rejected": [
+        "rejected": 2,
+        "rejections": [
             {
+                "line": 3,
                 "index": 2,
                 "value": "12",
                 "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",
             },
-            {"index": 4, "value": "abc", "reason": "contains 'a', which is not a digit"},
+            {"line": 5, "index": 4, "value": "abc", "reason": "contains 'a', which is not a digit"},
         ],
-        "rejected_count": 2,
     }
-    assert again.json() == {"added": 1, "already_listed": 1, "rejected": [], "rejected_count": 0}
+    assert again.json() == {"added": 1, "already_listed": 1, "rejected": 0, "rejections": []}
     assert count.json() == {"count": 3}
     assert one.json() == {"number": "37041654321", "opted_out": True}
     assert other.json() == {"number": "37041654399", "opted_out": False}
-    assert removed.json() == {"removed": 1, "not_listed": 1, "rejected": [], "rejected_count": 0}
+    assert removed.json() == {"removed": 1, "not_listed": 1, "rejected": 0, "rejections": []}
     assert after.json() == {"count": 2}
     assert not listed(sync_redis, "37041654321") and listed(sync_redis, "37041654323")
 
@@ -110,6 +111,7 @@ def test_no_valid_number_lists_the_rejections(server) -> None:
     [response] = call(server, ("POST", "/v1/optouts", {"numbers": ["12"]}))
     assert problem(response, "invalid_number")["errors"] == [
         {
+            "line": 1,
             "index": 0,
             "value": "12",
             "reason": "too short for +1 (US, AG, AI, \u2026): 1 digit after +1, need 10",

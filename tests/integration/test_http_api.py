@@ -149,4 +149,11 @@ def test_pause_resume_and_cancel_over_http_control_a_real_worker(make_stack, req
     assert status["state"] == "cancelled"
     assert counts["cancelled"] + counts["sent"] == 300
     assert int(stack.sim("stats")["accepted"]) == counts["sent"]
-    assert api.post(f"/v1/campaigns/{cid}/resume").status_code == 409
+    # An ended campaign: pause, resume and cancel are refused and change nothing.
+    for action in ("pause", "resume", "cancel"):
+        refused = api.post(f"/v1/campaigns/{cid}/{action}")
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["code"] == "campaign_finished"
+        assert refused.headers["content-type"] == "application/problem+json"
+    after = api.get(f"/v1/campaigns/{cid}").json()
+    assert (after["state"], after["counts"]) == ("cancelled", counts)

@@ -21,7 +21,7 @@ from ledger.errors import InputError, SmsqError
 from ledger.logs import configure_logging
 from ledger.states import CampaignState
 from ledger.store import Ledger
-from producer import cli_data, cli_webhooks, control
+from producer import cli_data, cli_lists, cli_webhooks, control
 from producer.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_UNAVAILABLE,
@@ -349,6 +349,7 @@ def events_cmd(group: str | None, consumer: str, follow: bool) -> None:
 for _command in cli_data.COMMANDS:
     main.add_command(_command)
 main.add_command(cli_webhooks.webhook)
+main.add_command(cli_lists.list_campaigns)
 
 __all__ = ["main"]
 

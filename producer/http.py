@@ -27,6 +27,7 @@ from ledger.store import Ledger
 from producer import dashboard, problems
 from producer import http_campaigns as creating
 from producer import http_control as existing
+from producer import http_lists as lists
 from producer import http_models as models
 from producer import http_optouts as optouts
 from producer import http_webhooks as webhooks
@@ -111,6 +112,7 @@ PATH_PARAMETERS = {
         "schema": {"type": "string"},
     },
     **webhooks.PATH_PARAMETERS,
+    **lists.PATH_PARAMETERS,
 }
 _LOCATION = {"Location": "/v1/campaigns/{campaign_id}"}
 _CREATED = {
@@ -169,18 +171,20 @@ ROUTES: list[Endpoint] = [
         "GET",
         "/v1/campaigns/{cid}/messages",
         existing.campaign_messages,
-        "One row per message, streamed",
+        "One row per message, streamed; with `limit` or `cursor`, a page of them",
         {
             200: Answer(
-                "one row per message: a JSON object a line, or CSV with a header line",
+                "one row per message: a JSON object a line, or CSV with a header line; with "
+                "`limit` or `cursor`, a page of rows and the next page's link",
                 {
                     "application/x-ndjson": models.MessageRow,
                     "text/csv": {"type": "string"},
+                    "application/json": lists.MessagePage,
                 },
             )
         },
-        query=models.ReportQuery,
-        problems=_NO_CAMPAIGN,
+        query=lists.MessagesQuery,
+        problems=(*_NO_CAMPAIGN, "invalid_limit", "invalid_cursor"),
     ),
     Endpoint(
         "POST",
@@ -275,6 +279,7 @@ ROUTES: list[Endpoint] = [
     ),
     # Subscriptions to the events (docs/webhooks.md).
     *webhooks.ENDPOINTS,
+    *lists.ENDPOINTS,
     # Served without a token, as most APIs serve theirs: they say what docs/api.md says, and
     # a problem's `type` links to the page.
     Endpoint(

@@ -26,12 +26,12 @@ from producer.http_common import (
     reply,
     stream,
 )
+from producer.http_lists import MessagesQuery, message_page
 from producer.http_models import (
     CampaignStatus,
     Cancelled,
     Paused,
     Purged,
-    ReportQuery,
     Reschedule,
     Rescheduled,
     Resumed,
@@ -127,11 +127,13 @@ async def campaign_messages(request: Request, api: Api) -> Response:
     """The per-message report, streamed: every check that can fail is made before the first
     byte, since a stream that has started cannot turn into an error answer."""
     cid = campaign_id(request)
-    query = read_query(request, ReportQuery)
+    query = read_query(request, MessagesQuery)
     keep = message_filter(query.state, query.code)
     c = await api.ledger.campaign(cid)
     if c is None:
         raise not_found(cid)
+    if query.paged:
+        return await message_page(api, c, query, keep.states if query.state else None)
     chunks = reports.render(api.ledger.redis, c, keep, query.format)
     return StreamingResponse(
         stream(chunks, "campaign_messages"), media_type=REPORT_MEDIA_TYPES[query.format]

@@ -58,6 +58,12 @@ CODES: dict[str, Code] = {
         "no campaign has this id (or it was purged); an id that cannot be one is not looked up",
     ),
     "webhook_not_found": Code(404, "No such webhook", "no webhook subscription has this id"),
+    "message_not_found": Code(
+        404,
+        "No such message",
+        "no message has this id (or its campaign was purged); an id that cannot be one is not "
+        "looked up",
+    ),
     "method_not_allowed": Code(
         405, "Method not allowed", "the path exists, but not with this method"
     ),

@@ -41,10 +41,9 @@ from producer.enqueue import (
     Producer,
     StoredNotQueued,
     parse_send_at,
-    rejection_items,
 )
 from producer.numbers import NumbersResult, Rejection, normalize_many
-from producer.plan import Plan
+from producer.plan import Plan, rejection_items
 from producer.recipients import RecipientsFileError, read_recipients
 
 # Enqueues of more numbers than this show a progress bar (unless --json).
@@ -228,16 +227,15 @@ def _same_command(key: str, generated: bool) -> str:
 
 def _print_preview(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"dry_run": True, **summary}))
+        click.echo(json.dumps(summary))
         return
     for r in summary["rejections"]:
         click.echo(f"line {r['line']}: {r['value']!r}: {r['reason']}", err=True)
     hours, rest = divmod(round(summary["duration_s"]), 3600)
     click.echo("dry run: nothing was written")
-    click.echo(f"  {'messages':<22} {summary['messages']:>9}")
-    for label in ("rejected", "duplicates", "suppressed"):
+    for label in ("queued", "rejected", "duplicates", "suppressed"):
         click.echo(f"  {label:<22} {summary[label]:>9}")
-    click.echo(f"  {'segments in all':<22} {summary['segments']:>9}")
+    click.echo(f"  {'segments in all':<22} {summary['total_segments']:>9}")
     for n, count in summary["segments_per_message"].items():
         click.echo(f"  {f'  of {n} segment(s)':<22} {count:>9}")
     click.echo(f"  {'encoding':<22} {summary['encoding']:>9}")

@@ -1,6 +1,7 @@
 """`make up` and `make down`: a local smsq stack left running in the background for trying the
 README's commands (a private redis-server, the DIDWW simulator, one worker, the callback
-ingester and the HTTP API), its logs, pids and settings in one folder (.smsq/ by default).
+ingester, the HTTP API and the webhook delivery service), its logs, pids and settings in one
+folder (.smsq/ by default).
 
 Run: python -m ops.up [--state-dir DIR] up|down
 """
@@ -164,7 +165,24 @@ def _start(state_dir: Path, started: list[Entry]) -> dict[str, str]:
     # Recorded before it is ready: if it never is, the failure path stops it with the rest.
     record(api, f"{api_url}/")
     wait_for(lambda: _healthy(api, f"{api_url}/healthz"), START_TIMEOUT_S, "the HTTP API")
-    return stack.settings_env
+    # Subscribers on this machine (the README's receiver) are loopback addresses: allowed here,
+    # refused by default everywhere else.
+    hooks_env = stack.env(
+        SMSQ_WEBHOOK_ALLOW_PRIVATE="true", SMSQ_WEBHOOKS_METRICS_PORT=str(free_port())
+    )
+    argv = [sys.executable, "-m", "webhooks"]
+    hooks = Proc("webhooks", argv, hooks_env, state_dir / "webhooks.log").start()
+    record(hooks, "delivers to subscribed URLs")
+    wait_for(lambda: _started(hooks), START_TIMEOUT_S, "the webhook delivery service")
+    settings = dict(stack.settings_env, SMSQ_WEBHOOK_ALLOW_PRIVATE="true")
+    # Not settings: the API's address and header, as docs/api.md's curl commands use them.
+    token = settings["SMSQ_API_TOKEN"]
+    return settings | {"API": api_url, "AUTH": f"Authorization: Bearer {token}"}
+
+
+def _started(proc: Proc) -> bool:
+    proc.check_alive()
+    return "webhooks_started" in proc.log()
 
 
 def _healthy(proc: Proc, url: str) -> bool:

@@ -84,7 +84,14 @@ def test_make_up_keeps_a_stack_the_readme_commands_use(
     assert up.returncode == 0, up.stdout + up.stderr
     assert "smsq is up" in up.stdout and f"source {state_dir}/env" in up.stdout
     processes = recorded(state_dir)
-    assert [p["name"] for p in processes] == ["redis", "callbacks", "simulator", "worker up", "api"]
+    assert [p["name"] for p in processes] == [
+        "redis",
+        "callbacks",
+        "simulator",
+        "worker up",
+        "api",
+        "webhooks",
+    ]
     assert all(running(p["pid"]) for p in processes)
     # Started in the background: `make` has returned, and they are not its children.
     assert all(os.getpgid(p["pid"]) == p["pid"] for p in processes)

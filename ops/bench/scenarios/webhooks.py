@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def _measure(ctx: Context, subscriptions: int, module: str) -> dict[str, Any]:
         began = time.monotonic()
         procs = [_delivery(server, folder, module, n) for n in range(PROCESSES)]
         for proc in procs:
-            wait_for(lambda p=proc: _started(p), START_TIMEOUT_S, proc.name)  # type: ignore[misc]
+            wait_for(partial(_started, proc), START_TIMEOUT_S, proc.name)
         client = server.client()
         try:
             if not wait_until(lambda: _fanned_out(client, settings, procs), FAN_OUT_TIMEOUT_S):

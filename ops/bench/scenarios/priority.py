@@ -65,7 +65,8 @@ def run(ctx: Context) -> ScenarioResult:
         for n in range(2 * sizes.priority_tries):
             kind = "single" if n % 2 == 0 else "group"
             count = 1 if kind == "single" else sizes.priority_group
-            destinations = numbers(count, prefix=f"44{n:04d}")
+            # UK mobile numbers (+44 75..., 10 digits after the country code), apart per try.
+            destinations = numbers(count, prefix="4475", start=n * sizes.priority_group)
             called_at = time.time()
             enqueue_campaign(
                 SOURCE, URGENT_TEXT, destinations, settings=settings, priority=kind == "group"

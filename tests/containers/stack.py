@@ -20,7 +20,7 @@ from tests.containers.images import ROOT, BaseImages, podman, podman_env, tail
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-SMSQ_SERVICES = ("worker", "flower", "callbacks", "api", "simulator")
+SMSQ_SERVICES = ("worker", "flower", "callbacks", "api", "webhooks", "simulator")
 # docker-compose.yml's host-port variables, each given a free port here.
 PORT_VARIABLES = ("API_PORT", "CALLBACKS_PORT", "FLOWER_PORT", "SIMULATOR_PORT", "PROMETHEUS_PORT")
 SECRETS = ("FLOWER_PASSWORD", "SMSQ_CALLBACK_TOKEN", "SMSQ_API_TOKEN")

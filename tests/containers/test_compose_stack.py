@@ -233,7 +233,7 @@ def test_the_stack_sends_on_two_workers_and_loses_nothing_when_one_stops(
     assert set(workers) <= set(stack.containers(all_states=False)), stack.diagnostics()
 
     def ready() -> None:
-        for service in ("redis", "callbacks", "api", "flower"):
+        for service in ("redis", "callbacks", "api", "flower", "webhooks"):
             stack.wait_healthy(stack.container(service), READY_TIMEOUT_S)
         nodes = {f"celery@{stack.hostname(name)}" for name in workers}
         _wait(f"Flower lists both workers {sorted(nodes)}",

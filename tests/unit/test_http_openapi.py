@@ -18,6 +18,7 @@ from test_http_api import ABSENT, AUTH, campaign_body, post_json, problem, run
 from test_http_problems import named_codes
 
 from ledger.store import Ledger
+from ops.stack import ROOT
 from producer import http, problems
 
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "trace"}
@@ -229,3 +230,20 @@ def test_the_document_and_the_page_need_no_token_but_the_api_does(server) -> Non
     )
     assert document.status_code == 200 and page.status_code == 200
     problem(status, "unauthorized")
+
+
+def test_docs_api_md_has_a_row_for_every_route() -> None:
+    """docs/api.md's table of endpoints names every route of the document: its path (a
+    campaign's id written {id}) and its method in the same row; `…/resume` stands for the
+    path before it with another last part."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| [`")]
+    missing = []
+    for e in http.ROUTES:
+        if e.path == "/healthz":
+            continue
+        path = e.path.replace("{cid}", "{id}")
+        short = "\u2026/" + path.rsplit("/", 1)[1]
+        if not any((path in row or short in row) and f"`{e.method}" in row for row in rows):
+            missing.append(f"{e.method} {path}")
+    assert missing == []

@@ -12,15 +12,19 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import click.testing
 import fakeredis
 import fakeredis.aioredis
 import pytest
+from click.testing import CliRunner
 from smsq_testing import make_settings, write_campaign
 
-from ledger import events, keys, records
+from ledger import connection, events, keys, records
 from ledger.campaigns import Campaign
 from ledger.settings import Settings
 from ledger.store import Ledger
+from producer import cli_common
+from producer.cli import main as smsq_main
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +147,24 @@ def real_ledger(redis_server: Any, real_redis: Any, settings: Settings) -> Calla
 def real_campaign(real_redis: Any) -> Callable[..., str]:
     """write_campaign on the real server."""
     return lambda *args, **kwargs: write_campaign(real_redis, *args, **kwargs)
+
+
+@pytest.fixture
+def smsq(
+    server: fakeredis.FakeServer, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., click.testing.Result]:
+    """Run `smsq ARGS` in this process against the test's fakeredis."""
+    monkeypatch.setattr(cli_common, "load_settings", lambda: settings)
+    monkeypatch.setattr(
+        connection, "async_client", lambda *a, **k: fakeredis.aioredis.FakeRedis(server=server)
+    )
+    monkeypatch.setattr(
+        connection, "sync_client", lambda *a, **k: fakeredis.FakeRedis(server=server)
+    )
+    monkeypatch.setattr(cli_common, "WAIT_POLL_S", 0)
+    runner = CliRunner()
+
+    def run(*args: str, input: str | bytes | None = None) -> click.testing.Result:
+        return runner.invoke(smsq_main, list(args), input=input, catch_exceptions=False)
+
+    return run

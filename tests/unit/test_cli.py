@@ -14,10 +14,8 @@ import click
 import fakeredis
 import fakeredis.aioredis
 import pytest
-from click.testing import CliRunner
 from smsq_testing import SOURCE
 
-from ledger import connection
 from ledger.settings import Settings
 from ledger.store import Ledger, Status
 from producer import cli_common, cli_data, control
@@ -26,27 +24,6 @@ from producer.enqueue import EnqueueResult
 
 UK = "442079460958"
 FR = "33612345678"
-
-
-@pytest.fixture
-def smsq(
-    server: fakeredis.FakeServer, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., click.testing.Result]:
-    """Run `smsq ARGS` in this process against the test's fakeredis."""
-    monkeypatch.setattr(cli_common, "load_settings", lambda: settings)
-    monkeypatch.setattr(
-        connection, "async_client", lambda *a, **k: fakeredis.aioredis.FakeRedis(server=server)
-    )
-    monkeypatch.setattr(
-        connection, "sync_client", lambda *a, **k: fakeredis.FakeRedis(server=server)
-    )
-    monkeypatch.setattr(cli_common, "WAIT_POLL_S", 0)
-    runner = CliRunner()
-
-    def run(*args: str, input: str | bytes | None = None) -> click.testing.Result:
-        return runner.invoke(main, list(args), input=input, catch_exceptions=False)
-
-    return run
 
 
 @pytest.fixture

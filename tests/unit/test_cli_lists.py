@@ -12,34 +12,13 @@ import click
 import fakeredis
 import fakeredis.aioredis
 import pytest
-from click.testing import CliRunner
 from smsq_testing import write_campaign
 
-from ledger import connection, keys
-from ledger.settings import Settings
+from ledger import keys
 from ledger.states import CampaignState
-from producer import cli_common
-from producer.cli import main
 
 # 2023-11-14T22:13:20Z: the first campaign's creation time in these tests.
 T0 = 1_700_000_000
-
-
-@pytest.fixture
-def smsq(
-    server: fakeredis.FakeServer, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., click.testing.Result]:
-    """Run `smsq ARGS` in this process against the test's fakeredis."""
-    monkeypatch.setattr(cli_common, "load_settings", lambda: settings)
-    monkeypatch.setattr(
-        connection, "async_client", lambda *a, **k: fakeredis.aioredis.FakeRedis(server=server)
-    )
-    runner = CliRunner()
-
-    def run(*args: str) -> click.testing.Result:
-        return runner.invoke(main, list(args), catch_exceptions=False)
-
-    return run
 
 
 def made(sync_redis: fakeredis.FakeRedis, count: int, **options: Any) -> list[str]:

@@ -104,12 +104,15 @@ def up(state_dir: Path) -> None:
     with open(os.devnull, "rb") as devnull:
         os.dup2(devnull.fileno(), 0)
     started: list[Entry] = []
+    # Children this process had before (none from `make up`; a test's own servers when run in
+    # process) are not this start's to stop.
+    before = set(_children())
     try:
         settings = _start(state_dir, started)
     except (StackError, KeyboardInterrupt) as exc:
         _stop_all(state_dir, started, quiet=True)
         # One that never became ready was not recorded; it is still this process's child.
-        for pid in _children():
+        for pid in set(_children()) - before:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         if isinstance(exc, KeyboardInterrupt):

@@ -122,13 +122,16 @@ def test_a_start_that_fails_stops_everything_it_started(
     monkeypatch.setattr(up, "_start", start_two_then_fail)
     # Not this test process's own standard input.
     monkeypatch.setattr(os, "dup2", lambda *args: None)
+    # A child this process had before (as the tests' own redis-servers are): not up's to stop.
+    earlier = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
         result = CliRunner().invoke(up.main, ["--state-dir", str(tmp_path), "up"])
         assert result.exit_code == 1
         assert result.output == "make up: timed out after 30 s waiting for the simulator\n"
         assert [child.wait(10) for child in children] == [-signal.SIGTERM, -signal.SIGKILL]
         assert not (tmp_path / up.STATE_FILE).exists()
+        assert earlier.poll() is None
     finally:
-        for child in children:
+        for child in [*children, earlier]:
             child.kill()
             child.wait()

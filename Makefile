@@ -26,7 +26,7 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest -n 3 --dist worksteal -m "not serial" --durations=12
 	@$(BIN)/python -m pytest -m serial
 
-# The benchmark against the simulator (about 12 minutes on 2 cores; ARGS="--only enqueue"
+# The benchmark against the simulator (about 16 minutes on 2 cores; ARGS="--only enqueue"
 # picks scenarios); see docs/performance.md.
 bench: $(STAMP)
 	@ops/require-redis.sh

@@ -74,7 +74,7 @@ def send(app: Any, producer: Any, cid: str, batch_no: int, trunk: str, priority:
     """Publish one batch's task on `producer`, whose connection has declared the queues
     (declare_queues). Its arguments' texts for Flower are given, as Celery's own would read,
     and the queue is not declared again per task: a third of the producer's time per task
-    (docs/performance.md "Enqueue")."""
+    (docs/performance.md "Ten fields per recipient")."""
     args = [cid, batch_no]
     kwargs = {"trunk": trunk, "urgent": priority}
     app.send_task(

@@ -275,7 +275,7 @@ class Planner:
         rejections = list(numbers.rejections)
         # The opt-out check needs only the numbers: Redis runs it while this thread renders the
         # texts (1.4 s of a million ten-field recipients' enqueue that no longer adds to it,
-        # docs/performance.md "Enqueue").
+        # docs/performance.md "Ten fields per recipient").
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smsq-optouts") as pool:
             listed = pool.submit(self._on_list, numbers)
             texts = self._render(template, numbers, rejections)

@@ -141,7 +141,10 @@ def test_the_same_idempotency_key_gives_one_campaign_even_after_a_sigkill_mid_en
     other = argv.copy()
     other[other.index("once")] = "another text"
     refused = subprocess.run(other, env=stack.env(), capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "different campaign" in refused.stderr
+    # With --json, the error is the HTTP API's problem object, on stdout.
+    problem = json.loads(refused.stdout)
+    assert refused.returncode == 2 and problem["code"] == "idempotency_conflict"
+    assert "different campaign" in problem["detail"]
 
 
 @pytest.mark.timeout(150)

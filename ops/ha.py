@@ -133,9 +133,11 @@ class RedisHA:
             client.close()
         return new
 
-    def bring_back(self, timeout_s: float = 30.0) -> RedisServer:
+    def bring_back(self, timeout_s: float = 60.0) -> RedisServer:
         """Start the killed primary again (empty, as without persistence): the sentinels make
-        it a replica of the new primary; returns once it is one and in sync."""
+        it a replica of the new primary; returns once it is one and in sync. A sentinel turns
+        it into a replica only after it has reported itself a primary for 8 s, and its INFO
+        refresh comes every 10 s: beside other test stacks on 2 cores, once more than 30 s."""
         old = self.old_primary
         assert old is not None
         old.start()

@@ -50,10 +50,15 @@ def transports(settings: Settings) -> Callable[[Subscription], httpx.AsyncBaseTr
     return transport_for
 
 
-async def _serve(settings: Settings, consumer: str | None) -> bool:
+# Each subscription's transport, given the settings; None: httpx's own pool (the Service's
+# default, the benchmark's yardstick: ops/bench/httpx_webhooks.py).
+Transports = Callable[[Settings], Callable[[Subscription], httpx.AsyncBaseTransport] | None]
+
+
+async def _serve(settings: Settings, consumer: str | None, make: Transports) -> bool:
     """Run one delivery process until a signal; False if it stopped on a failure."""
     redis = connection.async_client(settings)
-    service = Service(settings, redis, consumer, transport_for=transports(settings))
+    service = Service(settings, redis, consumer, transport_for=make(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
@@ -64,7 +69,7 @@ async def _serve(settings: Settings, consumer: str | None) -> bool:
     return not service.failed
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, make_transports: Transports = transports) -> None:
     parser = argparse.ArgumentParser(prog="python -m webhooks", description=__doc__)
     parser.add_argument(
         "--consumer",
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         log.error("metrics_port_unavailable", port=settings.webhooks_metrics_port, error=str(exc))
         sys.exit(1)
-    if not uvloop.run(_serve(settings, args.consumer)):
+    if not uvloop.run(_serve(settings, args.consumer, make_transports)):
         sys.exit(1)
 
 

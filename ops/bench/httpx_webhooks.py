@@ -7,36 +7,7 @@ Run: python -m ops.bench.httpx_webhooks (settings from the environment, as pytho
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
-import uvloop
-
-from ledger import connection
-from ledger.logs import configure_logging
-from ledger.settings import Settings, load_settings
-from webhooks import metrics
-from webhooks.service import Service
-
-
-async def _serve(settings: Settings) -> None:
-    redis = connection.async_client(settings)
-    service = Service(settings, redis)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.stop)
-    try:
-        await service.run()
-    finally:
-        await redis.aclose()
-
-
-def main() -> None:
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.secrets())
-    metrics.serve(settings.webhooks_metrics_port)
-    uvloop.run(_serve(settings))
-
+from webhooks.__main__ import main
 
 if __name__ == "__main__":
-    main()
+    main(make_transports=lambda settings: None)

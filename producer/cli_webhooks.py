@@ -13,7 +13,7 @@ import click
 from ledger.errors import InputError
 from ledger.store import Ledger
 from ledger.webhooks import EVENT_TYPES, WebhookStore
-from producer.cli_common import fail, run
+from producer.cli_common import errors_as_json, fail, fail_input, run
 from producer.cli_common import settings as load
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ def _with_store(work: Callable[[WebhookStore], Awaitable[T]]) -> T:
     try:
         return run(load(), call)
     except InputError as exc:
-        fail(str(exc))
+        fail_input(exc)
 
 
 def _echo_json(value: Any) -> None:
@@ -51,6 +51,7 @@ def webhook() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the subscription as JSON.")
 def add(url: str, events: str, campaign: str | None, as_json: bool) -> None:
     """Subscribe URL (https) to events; prints its signing secret, shown this once."""
+    errors_as_json(as_json)
     created = _with_store(lambda store: store.create(url, events.split(","), campaign))
     shown = {**created.subscription.public(), "secret": created.secret}
     if as_json:
@@ -68,6 +69,7 @@ def add(url: str, events: str, campaign: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_cmd(as_json: bool) -> None:
     """Every subscription (never its secret)."""
+    errors_as_json(as_json)
     subs = _with_store(lambda store: store.subscriptions())
     for sub in subs:
         shown = sub.public()
@@ -86,7 +88,7 @@ def list_cmd(as_json: bool) -> None:
 def delete(webhook_id: str) -> None:
     """Delete a subscription and the deliveries still owed to it."""
     if not _with_store(lambda store: store.delete(webhook_id)):
-        fail(f"no webhook {webhook_id!r}")
+        fail(f"no webhook {webhook_id!r}", problem="webhook_not_found")
     click.echo(f"deleted {webhook_id}")
 
 
@@ -97,7 +99,7 @@ def rotate(webhook_id: str) -> None:
     signed with it from the next second on, and with the old one too for 24 hours."""
     secret = _with_store(lambda store: store.rotate(webhook_id))
     if secret is None:
-        fail(f"no webhook {webhook_id!r}")
+        fail(f"no webhook {webhook_id!r}", problem="webhook_not_found")
     click.echo(f"secret: {secret}")
 
 
@@ -113,6 +115,7 @@ def rotate(webhook_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with the event.")
 def failures(webhook_id: str | None, limit: int, as_json: bool) -> None:
     """Deliveries given up after SMSQ_WEBHOOK_RETRY_S, newest first."""
+    errors_as_json(as_json)
     found = _with_store(lambda store: store.failures(limit, webhook_id))
     for f in found:
         if as_json:

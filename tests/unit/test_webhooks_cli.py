@@ -73,3 +73,10 @@ def test_private_urls_refused_by_default(smsq: Any, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("SMSQ_WEBHOOK_ALLOW_PRIVATE", "false")
     result = smsq("add", "https://127.0.0.1/hook")
     assert result.exit_code == 2 and "private" in result.output
+
+
+def test_with_json_a_refusal_is_the_problem_object(smsq: Any) -> None:
+    refused = smsq("add", "http://127.0.0.1:9/", "--events", "delivered", "--json")
+    assert refused.exit_code == 2
+    problem = json.loads(refused.stdout)
+    assert problem["code"] == "unknown_event_type" and problem["status"] == 422

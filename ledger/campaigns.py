@@ -377,11 +377,15 @@ async def set_state(redis: Redis, cid: str, state: CampaignState) -> bool:
                 continue
 
 
-async def read_counts(redis: Redis, cid: str) -> dict[str, int]:
-    raw = await redis.hgetall(keys.counts(cid))
+def decode_counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    """A campaign's counts hash as read: every state, 0 where the hash has none."""
     counts = {str(s): 0 for s in State}
     counts.update({k.decode(): int(v) for k, v in raw.items()})
     return counts
+
+
+async def read_counts(redis: Redis, cid: str) -> dict[str, int]:
+    return decode_counts(await redis.hgetall(keys.counts(cid)))
 
 
 async def read_batch(redis: Redis, c: Campaign, batch_no: int) -> list[Record]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger import keys, records
-from ledger.campaigns import Campaign, Status, TrunkStatus
+from ledger.campaigns import Campaign, Status, TrunkStatus, decode_counts
 from ledger.core import LedgerCore
 from ledger.errors import InputError
 from ledger.records import Record
@@ -191,9 +191,7 @@ class Lookups(LedgerCore):
             if c is None:
                 out.append(None)
                 continue
-            counts = {str(s): 0 for s in State}
-            counts.update({k.decode(): int(v) for k, v in replies[2 * i + 1].items()})
-            out.append(summary(c, counts))
+            out.append(summary(c, decode_counts(replies[2 * i + 1])))
         return out
 
     async def message(self, message_id: str) -> tuple[Campaign, Record, str | None] | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ledger import keys
-from ledger.campaigns import Campaign, Status, TrunkStatus, scan_records, send_rate
+from ledger.campaigns import Campaign, Status, TrunkStatus, decode_counts, scan_records, send_rate
 from ledger.reasons import reason_for
 from ledger.states import PENDING, State
 from ledger.store import Ledger
@@ -32,12 +32,6 @@ RESCAN_S = 5.0
 CACHED_CAMPAIGNS = 64
 # The stats-hash counters that are callbacks settling a message (DIDWW's or matched late).
 CALLBACK_STATS = ("callbacks_applied", "callbacks_late", "callbacks_matched")
-
-
-def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:
-    counts = {str(s): 0 for s in State}
-    counts.update({k.decode(): int(v) for k, v in raw.items()})
-    return counts
 
 
 def _progress(status: Status) -> float:
@@ -99,7 +93,7 @@ async def campaigns(ledger: Ledger, limit: int = MAX_CAMPAIGNS) -> dict[str, Any
         # A campaign being written (or purged) between the two reads has no full hash yet.
         c = Campaign.stored(cid, replies[2 * i])
         if c is not None:
-            found.append((c, _counts(replies[2 * i + 1])))
+            found.append((c, decode_counts(replies[2 * i + 1])))
     trunks = {name: await ledger.trunk_status(name) for name in {c.trunk for c, _ in found}}
     rows = []
     for c, counts in found:

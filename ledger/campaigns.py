@@ -65,6 +65,7 @@ _CODEC: dict[str, tuple[Callable[[Any], str], Callable[[str], Any], str | None]]
     "priority": (lambda v: "1" if v else "0", lambda t: t == "1", "0"),
     "send_at": (_optional_time, lambda t: float(t or 0), ""),
     "fields": (",".join, lambda t: tuple(f for f in t.split(",") if f), ""),
+    "references": (lambda v: "1" if v else "0", lambda t: t == "1", "0"),
     "window": (str, str, ""),
     "timezone": (str, str, ""),
     "parent": (str, str, ""),
@@ -93,6 +94,8 @@ class Campaign:
     priority: bool
     send_at: float = 0.0
     fields: tuple[str, ...] = ()
+    # Whether any recipient carried a reference (smsq:campaign:{cid}:refs:{b} then hold them).
+    references: bool = False
     window: str = ""
     timezone: str = ""
     parent: str = ""
@@ -228,6 +231,23 @@ def split_values(joined: str) -> list[str]:
 
 def join_values(values: Sequence[str]) -> str:
     return FIELD_SEPARATOR.join(values)
+
+
+# --- references: smsq:campaign:{cid}:refs:{b} ----------------------------------------------
+
+# A recipient's reference: the application's own id for the message (docs/api.md).
+MAX_REFERENCE_CHARS = 64
+
+
+def refs_hash(first_index: int, references: Sequence[str]) -> dict[bytes, bytes]:
+    """The refs hash of a batch whose messages from first_index on carry these references;
+    a message without one ('') has no field."""
+    return {b"%d" % n: r.encode() for n, r in enumerate(references, first_index) if r}
+
+
+def decode_refs(raw: Mapping[bytes, bytes]) -> dict[int, str]:
+    """A batch's refs hash: message index -> its reference."""
+    return {int(k): v.decode() for k, v in raw.items()}
 
 
 # --- writing a new campaign -------------------------------------------------------------------
@@ -403,6 +423,25 @@ async def scan_records(redis: Redis, c: Campaign) -> AsyncIterator[Record]:
             pipe.get(keys.batch(c.id, batch_no))
         for batch_no, data in zip(numbers, await pipe.execute(), strict=True):
             for record in records.iter_batch(c.first_index(batch_no), data or b""):
+                yield record
+
+
+async def scan_references(
+    redis: Redis, c: Campaign, references: dict[int, str]
+) -> AsyncIterator[Record]:
+    """As scan_records, for a campaign with references: while a record is yielded,
+    `references` holds those of its batch (index -> reference), read in the same round trip."""
+    for start in range(0, c.batches, SCAN_BATCHES):
+        numbers = range(start, min(start + SCAN_BATCHES, c.batches))
+        pipe = redis.pipeline(transaction=False)
+        for batch_no in numbers:
+            pipe.get(keys.batch(c.id, batch_no))
+            pipe.hgetall(keys.refs(c.id, batch_no))
+        replies = await pipe.execute()
+        for i, batch_no in enumerate(numbers):
+            references.clear()
+            references.update(decode_refs(replies[2 * i + 1]))
+            for record in records.iter_batch(c.first_index(batch_no), replies[2 * i] or b""):
                 yield record
 
 

@@ -38,9 +38,11 @@ class Enqueuing(LedgerCore):
         await self.redis.zrem(keys.enqueuing(), keys.enqueue_member(cid, batches))
 
     async def discard_partial(self, cid: str, batches: int) -> None:
-        """Delete what an enqueue that never stored its campaign wrote (its batches)."""
+        """Delete what an enqueue that never stored its campaign wrote (its batches, their
+        template values and references)."""
         names = [keys.batch(cid, b) for b in range(batches)]
         names += [keys.fields(cid, b) for b in range(batches)]
+        names += [keys.refs(cid, b) for b in range(batches)]
         for start in range(0, len(names), 500):
             await self.redis.unlink(*names[start : start + 500])
         await self.forget_enqueue(cid, batches)

@@ -45,6 +45,13 @@ def message_event(
     }
 
 
+def with_reference(encoded: str, reference: str) -> str:
+    """An encoded message event with its message's reference (docs/events.md)."""
+    event = json.loads(encoded)
+    event["reference"] = reference
+    return encode(event)
+
+
 def alert_event(event_type: str, detail: str, trunk: str | None = None) -> dict[str, Any]:
     return {
         "type": event_type,

@@ -6,12 +6,15 @@ name; ``{src}``/``{dst}`` numbers). Each key has an owner that deletes it:
 Campaigns (deleted by the purge, SMSQ_RETENTION_S after the campaign is done):
 - ``smsq:campaign:{cid}``            hash: source, text, name, trunk, total, batch_size, batches,
                                       created_at, expires_at, send_at, state, encoding,
-                                      segments, priority, fields, window, parent, done_at, ...
+                                      segments, priority, fields, references, window, parent,
+                                      done_at, ...
 - ``smsq:campaign:{cid}:counts``     hash: message state -> number of messages in it
 - ``smsq:campaign:{cid}:batch:{b}``  string: the batch's message records, fixed size, in index
                                       order (ledger/records.py)
 - ``smsq:campaign:{cid}:fields:{b}`` hash: message index -> its template values (templated
                                       campaigns only)
+- ``smsq:campaign:{cid}:refs:{b}``   hash: message index -> its recipient's reference
+                                      (campaigns whose recipients carried one only)
 - ``smsq:campaign:{cid}:windows``    hash: batch -> UTC intervals its recipients may be sent in
                                       (campaigns with quiet hours only)
 - ``smsq:campaign:{cid}:rawids``     hash: message index -> DIDWW id, for the rare id that is
@@ -114,6 +117,10 @@ def batch(cid: str, batch_no: int) -> str:
 
 def fields(cid: str, batch_no: int) -> str:
     return f"{PREFIX}:campaign:{cid}:fields:{batch_no}"
+
+
+def refs(cid: str, batch_no: int) -> str:
+    return f"{PREFIX}:campaign:{cid}:refs:{batch_no}"
 
 
 def windows(cid: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger import keys, records
-from ledger.campaigns import Campaign, Status, TrunkStatus, decode_counts
+from ledger.campaigns import Campaign, Status, TrunkStatus, decode_counts, decode_refs
 from ledger.core import LedgerCore
 from ledger.errors import InputError
 from ledger.records import Record
@@ -194,9 +194,11 @@ class Lookups(LedgerCore):
             out.append(summary(c, decode_counts(replies[2 * i + 1])))
         return out
 
-    async def message(self, message_id: str) -> tuple[Campaign, Record, str | None] | None:
-        """A message by its id: its campaign, its record and its raw DIDWW id where the record
-        could not hold it; None if there is no such message."""
+    async def message(
+        self, message_id: str
+    ) -> tuple[Campaign, Record, str | None, str | None] | None:
+        """A message by its id: its campaign, its record, its raw DIDWW id where the record
+        could not hold it and its reference; None if there is no such message."""
         parsed = parse_message_id(message_id)
         if parsed is None:
             return None
@@ -208,10 +210,13 @@ class Lookups(LedgerCore):
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.getrange(keys.batch(cid, c.batch_of(index)), offset, offset + records.SIZE - 1)
             pipe.hget(keys.raw_ids(cid), str(index))
-            raw, raw_id = await pipe.execute()
+            if c.references:
+                pipe.hget(keys.refs(cid, c.batch_of(index)), str(index))
+            raw, raw_id, *reference = await pipe.execute()
         if len(raw) != records.SIZE:
             return None  # past the end of a batch that is not full
-        return c, records.unpack(index, raw), raw_id.decode() if raw_id else None
+        ref = reference[0].decode() if reference and reference[0] else None
+        return c, records.unpack(index, raw), raw_id.decode() if raw_id else None, ref
 
     async def message_page(
         self,
@@ -219,10 +224,11 @@ class Lookups(LedgerCore):
         limit: int,
         cursor: str | None = None,
         states: frozenset[State] | None = None,
-    ) -> tuple[list[Record], dict[int, str], str | None]:
+    ) -> tuple[list[Record], dict[int, str], dict[int, str], str | None]:
         """Up to `limit` of a campaign's records in index order (those in `states`), from
         `cursor` on, reading SCAN_MESSAGES records at most; their raw DIDWW ids (where the
-        record could not hold one); the next page's cursor, None at the end."""
+        record could not hold one); their references (index -> reference); the next page's
+        cursor, None at the end."""
         check_limit(limit)
         start = 0
         if cursor is not None:
@@ -250,12 +256,19 @@ class Lookups(LedgerCore):
                 start = c.first_index(batch_no)
         raw = await self.redis.hgetall(keys.raw_ids(c.id)) if found else {}
         raw_ids = {int(k): v.decode() for k, v in raw.items()}
+        references: dict[int, str] = {}
+        if found and c.references:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for b in range(c.batch_of(found[0].index), c.batch_of(found[-1].index) + 1):
+                    pipe.hgetall(keys.refs(c.id, b))
+                for reply in await pipe.execute():
+                    references.update(decode_refs(reply))
         more = batch_no < c.batches and start < c.first_index(batch_no) + c.batch_size
         if more and batch_no == c.batches - 1:
             # The last batch may be short: is anything left after `start`?
             length = await self.redis.strlen(keys.batch(c.id, batch_no))
             more = start < c.first_index(batch_no) + length // records.SIZE
-        return found, raw_ids, encode_cursor(start) if more else None
+        return found, raw_ids, references, encode_cursor(start) if more else None
 
 
 __all__ = [

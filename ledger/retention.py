@@ -45,6 +45,8 @@ class Retention(LedgerCore):
         names = [keys.batch(cid, b) for b in range(c.batches)]
         if c.templated:
             names += [keys.fields(cid, b) for b in range(c.batches)]
+        if c.references:
+            names += [keys.refs(cid, b) for b in range(c.batches)]
         names += [keys.windows(cid), keys.raw_ids(cid), keys.counts(cid), keys.posted(cid)]
         for start in range(0, len(names), PURGE_CHUNK):
             await self.redis.unlink(*names[start : start + PURGE_CHUNK])

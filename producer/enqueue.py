@@ -294,10 +294,12 @@ class Producer:
 
     def _discard(self, cid: str, layout: Layout, idempotency_key: str | None) -> None:
         """Delete what an enqueue that did not store its campaign wrote: its batches, their
-        template values, its mark and its idempotency key. Deleting works on a full Redis; if
-        Redis is gone, the supervisors delete them once the key can no longer be used."""
+        template values and references, its mark and its idempotency key. Deleting works on a
+        full Redis; if Redis is gone, the supervisors delete them once the key can no longer
+        be used."""
         names = [keys.batch(cid, b) for b, _, _ in layout.batches]
         names += [keys.fields(cid, b) for b, _, _ in layout.batches]
+        names += [keys.refs(cid, b) for b, _, _ in layout.batches]
         try:
             for start in range(0, len(names), 1000):
                 self.redis.unlink(*names[start : start + 1000])
@@ -350,7 +352,7 @@ class Producer:
     ) -> None:
         """The batches' records (and template values); on a repeat, only those missing, as
         one written whole by a cut-short attempt may already be sending."""
-        numbers = plan.numbers.numbers
+        numbers, references = plan.numbers.numbers, plan.numbers.references
         segments, values = plan.segments, plan.values
         pack = records.pack_new
         pipe = self.redis.pipeline(transaction=False)
@@ -367,6 +369,12 @@ class Producer:
                     batch_no * layout.batch_size, [values[i] for i in members]
                 )
                 pipe.hset(keys.fields(cid, batch_no), mapping=mapping)
+            if references:
+                mapping = campaigns.refs_hash(
+                    batch_no * layout.batch_size, [references[i] for i in members]
+                )
+                if mapping:
+                    pipe.hset(keys.refs(cid, batch_no), mapping=mapping)
             pending += len(members)
             if len(pipe) >= WRITE_CHUNK_BATCHES:
                 pipe.zadd(
@@ -415,7 +423,7 @@ class Producer:
         """An event per opted-out number, SUPPRESSED_EVENTS_PER_CALL to a script call
         (ledger.optouts.publish_suppressed)."""
         stream, maxlen = self.settings.events_stream, self.settings.events_maxlen
-        numbers = plan.numbers.numbers
+        numbers, references = plan.numbers.numbers, plan.numbers.references
         event = _suppressed_event(cid, plan)
         message_id = keys.message_id
         clock, now_iso = time.time_ns, events.now_iso
@@ -431,7 +439,10 @@ class Producer:
                 ms = clock() // 1_000_000
                 if ms != last_ms:
                     last_ms, at = ms, now_iso()
-                chunk.append(event(message_id(cid, index), numbers[i], at))
+                text = event(message_id(cid, index), numbers[i], at)
+                if references and references[i]:
+                    text = events.with_reference(text, references[i])
+                chunk.append(text)
             if len(chunk) >= SUPPRESSED_EVENTS_PER_CALL:
                 optouts.publish_suppressed(pipe, stream, maxlen, chunk)
                 chunk = []
@@ -507,6 +518,7 @@ def _campaign(cid: str, plan: Plan, layout: Layout) -> Campaign:
         segments=max(plan.distribution, default=1),
         priority=plan.priority,
         fields=tuple(plan.template.fields),
+        references=bool(plan.numbers.references),
         window=plan.window,
         timezone=plan.timezone,
         parent=plan.parent,
@@ -585,7 +597,9 @@ def enqueue_campaign(
     """Queue a campaign: normalise and de-duplicate the numbers, render a templated text per
     recipient, leave out opted-out numbers, store the text once, and publish its batches.
 
-    recipients: numbers, or objects {"destination": "...", "fields": {"name": "Ana"}}.
+    recipients: numbers, or objects {"destination": "...", "fields": {"name": "Ana"},
+    "reference": "order-1017"} (fields and reference optional; a reference is at most 64
+    characters and comes back in the message's events, report row and lookup).
     send_at: a timezone-aware datetime (or ISO 8601 text with a zone) to send at; window:
     quiet hours "09:00-20:00" in each recipient's local time (timezone: the fallback zone).
     A campaign of one message, or one made with priority=True, takes the trunk's urgent lane.

@@ -40,7 +40,7 @@ from producer.problems import code_of
 class CampaignRequest:
     source: str
     text: str
-    # Numbers, or {"destination": ..., "fields": {...}} objects.
+    # Numbers, or {"destination": ..., "fields": {...}, "reference": ...} objects.
     recipients: list[str | dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False

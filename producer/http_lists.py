@@ -197,9 +197,11 @@ async def get_message(request: Request, api: Api) -> Response:
     found = await api.ledger.message(message_id) if MESSAGE_ID.fullmatch(message_id) else None
     if found is None:
         raise ApiError("message_not_found", f"no message {message_id!r}")
-    c, record, raw_id = found
+    c, record, raw_id, reference = found
     raw_ids = {record.index: raw_id} if raw_id is not None else {}
-    return reply(MessageFound, {**reports.row(c, record, raw_ids), "campaign_id": c.id})
+    references = {record.index: reference} if reference is not None else {}
+    row = reports.row(c, record, raw_ids, references)
+    return reply(MessageFound, {**row, "campaign_id": c.id})
 
 
 async def message_page(
@@ -216,10 +218,11 @@ async def message_page(
             raise refused(name, reason, value, code="invalid_parameter", parameter=True)
     limit = _limit(DEFAULT_LIMIT if query.limit is None else query.limit)
     try:
-        found, raw_ids, cursor = await api.ledger.message_page(c, limit, query.cursor, states)
+        page = await api.ledger.message_page(c, limit, query.cursor, states)
     except InputError as exc:
         raise _bad_cursor(exc, query.cursor) from None
-    rows = [reports.row(c, record, raw_ids) for record in found]
+    found, raw_ids, references, cursor = page
+    rows = [reports.row(c, record, raw_ids, references) for record in found]
     link = _link(f"/v1/campaigns/{c.id}/messages", query, cursor)
     return reply(MessagePage, {"messages": rows, "next": link})
 

@@ -127,12 +127,16 @@ FieldValue = Annotated[
 
 
 class Recipient(TypedDict):
-    """A recipient with the values of the text's `{field}` placeholders."""
+    """A recipient with the values of the text's `{field}` placeholders and your own
+    `reference` for its message: at most 64 characters, no control characters (else the
+    recipient is rejected like a bad number); kept with the message and given back in its
+    events, webhooks, report rows and lookups."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
 
     destination: Required[str]
     fields: NotRequired[dict[str, FieldValue] | None]
+    reference: NotRequired[str | None]
 
 
 RecipientItem = Annotated[
@@ -140,7 +144,7 @@ RecipientItem = Annotated[
     Discriminator(
         _kind,
         custom_error_type="invalid_value",
-        custom_error_message="must be a string or an object {destination, fields}",
+        custom_error_message="must be a string or an object {destination, fields, reference}",
     ),
 ]
 
@@ -414,6 +418,7 @@ class MessageRow(_Response):
     time_start: str | None
     time_end: str | None
     attempts: int
+    reference: str | None = Field(description="the recipient's reference, if it had one")
 
 
 class OptoutCount(_Response):

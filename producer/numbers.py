@@ -11,13 +11,14 @@ from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ledger.campaigns import FIELD_SEPARATOR
+from ledger.campaigns import FIELD_SEPARATOR, MAX_REFERENCE_CHARS
 from ledger.errors import InputError
 from producer.e164 import MAX_DIGITS, POSSIBLE_LENGTHS, InvalidNumber, checked
 
 __all__ = [
     "MAX_DIGITS",
     "MAX_FIELDS",
+    "MAX_REFERENCE_CHARS",
     "MAX_VALUE_CHARS",
     "InvalidNumber",
     "NumbersCollector",
@@ -73,7 +74,9 @@ class NumbersResult:
 
     With fields (a recipients CSV's other columns, or recipients given as objects): `columns`
     names them, `values[i]` holds number i's values joined by FIELD_SEPARATOR in that order,
-    and `line_of[i]` is where number i was found (for a per-line rejection later)."""
+    and `line_of[i]` is where number i was found (for a per-line rejection later). With
+    references (a `reference` column or key), `references[i]` is number i's ('' for none);
+    without, `references` is empty."""
 
     numbers: list[str] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
@@ -82,12 +85,22 @@ class NumbersResult:
     columns: tuple[str, ...] = ()
     values: list[str] = field(default_factory=list)
     line_of: array[int] = field(default_factory=lambda: array("I"))
+    references: list[str] = field(default_factory=list)
 
     def row(self, i: int) -> list[str]:
         """Number i's field values, in `columns` order ('' for none)."""
         if not self.columns:
             return []
         return self.values[i].split(FIELD_SEPARATOR)
+
+
+def reference_problem(reference: str) -> str:
+    """Why `reference` cannot be a message's reference, or '' if it can."""
+    if len(reference) > MAX_REFERENCE_CHARS:
+        return f"reference is {len(reference):,} characters long; at most {MAX_REFERENCE_CHARS}"
+    if not reference.isprintable():
+        return "reference contains a control character"
+    return ""
 
 
 def normalize(raw: str) -> str:
@@ -146,9 +159,18 @@ def shorten(value: str) -> str:
 class NumbersCollector:
     """Builds a NumbersResult one input at a time, so a large file never exists as a list."""
 
-    __slots__ = ("_columns", "_duplicates", "_line_of", "_lines", "_rejections", "_seen", "_values")
+    __slots__ = (
+        "_columns",
+        "_duplicates",
+        "_line_of",
+        "_lines",
+        "_references",
+        "_rejections",
+        "_seen",
+        "_values",
+    )
 
-    def __init__(self, columns: tuple[str, ...] = ()) -> None:
+    def __init__(self, columns: tuple[str, ...] = (), references: bool = False) -> None:
         # A dict is an insertion-ordered set: first occurrence order comes for free.
         self._seen: dict[str, None] = {}
         self._rejections: list[Rejection] = []
@@ -157,6 +179,8 @@ class NumbersCollector:
         self._columns = columns
         self._values: list[str] = []
         self._line_of = array("I")
+        # Kept only when the input has references (add_referenced): add() never touches it.
+        self._references: list[str] | None = [] if references else None
 
     def add(self, line: int, raw: str, values: str = "") -> None:
         """Normalise `raw` (found at `line`) and keep it, count it as a duplicate, or reject it.
@@ -174,6 +198,23 @@ class NumbersCollector:
             self._line_of.append(line)
             if self._columns:
                 self._values.append(values)
+
+    def add_referenced(self, line: int, raw: str, values: str, reference: str) -> None:
+        """As add(), for a collector made with references: `reference` ('' for none) is kept
+        with the number's first occurrence; one that cannot be a reference rejects the line."""
+        references = self._references
+        if references is None:
+            raise ValueError("a NumbersCollector made without references")
+        reference = reference.strip()
+        if reference:
+            problem = reference_problem(reference)
+            if problem:
+                self.reject(line, raw, problem)
+                return
+        kept = len(self._seen)
+        self.add(line, raw, values)
+        if len(self._seen) > kept:
+            references.append(reference)
 
     def reject(self, line: int, raw: str, reason: str) -> None:
         """Record an input at `line` that was refused before it could be read as a number."""
@@ -199,6 +240,8 @@ class NumbersCollector:
             columns=self._columns,
             values=self._values,
             line_of=self._line_of,
+            # A reference column left empty on every line is no references at all.
+            references=list(self._references) if any(self._references or ()) else [],
         )
 
 
@@ -211,23 +254,28 @@ def normalize_many(values: Iterable[str]) -> NumbersResult:
 
 
 def normalize_recipients(recipients: Iterable[str | Mapping[str, object]]) -> NumbersResult:
-    """Recipients given as plain numbers or as objects `{"destination": ..., "fields": {...}}`
-    (the Python and HTTP APIs); `line` is the 1-based position. Field values must be text
-    (or numbers, turned into text); a recipient whose entry is malformed is rejected."""
+    """Recipients given as plain numbers or as objects `{"destination": ..., "fields": {...},
+    "reference": ...}` (the Python and HTTP APIs); `line` is the 1-based position. Field values
+    and references must be text (or numbers, turned into text); a recipient whose entry is
+    malformed is rejected."""
     items = list(recipients)
     names: dict[object, None] = {}
+    with_refs = False
     # Nearly every recipient names fields already seen: compared as key views, in C, without
     # building a dict each (0.4 s of a million recipients with ten fields).
     known = names.keys()
     for item in items:
         if _is_mapping(item):
+            if not with_refs and item.get("reference") not in (None, ""):  # type: ignore[union-attr]
+                with_refs = True
             found = item.get("fields")  # type: ignore[union-attr]
             if _is_mapping(found) and found and not known >= found.keys():  # type: ignore[union-attr]
                 names.update(dict.fromkeys(found))  # type: ignore[arg-type]
                 if len(names) > MAX_FIELDS:
                     raise too_many_fields(len(names), "the recipients")
     names_given = tuple(names)
-    collector = NumbersCollector(tuple(str(name) for name in names_given))
+    collector = NumbersCollector(tuple(str(name) for name in names_given), with_refs)
+    add, add_referenced = collector.add, collector.add_referenced
     # Most recipients give every field as text: picked and joined in C and checked once whole,
     # which halves the time per recipient (docs/performance.md); any other goes field by field.
     pick = operator.itemgetter(*names_given) if names_given else None
@@ -236,16 +284,29 @@ def normalize_recipients(recipients: Iterable[str | Mapping[str, object]]) -> Nu
     no_values = FIELD_SEPARATOR.join([""] * len(names_given))
     for position, item in enumerate(items, start=1):
         if isinstance(item, str):
-            collector.add(position, item, no_values)
+            if with_refs:
+                add_referenced(position, item, no_values, "")
+            else:
+                add(position, item, no_values)
             continue
         if not _is_mapping(item) or not isinstance(item.get("destination"), str):  # type: ignore[union-attr]
-            collector.reject(position, str(item), "not a number nor {destination, fields}")
+            collector.reject(
+                position, str(item), "not a number nor {destination, fields, reference}"
+            )
             continue
         destination = item["destination"]  # type: ignore[index]
         fields = item.get("fields") or {}  # type: ignore[union-attr]
         if not _is_mapping(fields):
             collector.reject(position, destination, "fields must be an object")
             continue
+        reference = ""
+        if with_refs:
+            given = item.get("reference")  # type: ignore[union-attr]
+            if given is not None:
+                if isinstance(given, bool) or not isinstance(given, str | int):
+                    collector.reject(position, destination, "reference must be text")
+                    continue
+                reference = str(given)
         if pick is not None:
             try:
                 picked = pick(fields)
@@ -257,7 +318,10 @@ def normalize_recipients(recipients: Iterable[str | Mapping[str, object]]) -> Nu
                 and len(joined) <= MAX_VALUE_CHARS
                 and joined.count(FIELD_SEPARATOR) == separators
             ):
-                collector.add(position, destination, joined)
+                if with_refs:
+                    add_referenced(position, destination, joined, reference)
+                else:
+                    add(position, destination, joined)
                 continue
         row = []
         reason = ""
@@ -275,8 +339,10 @@ def normalize_recipients(recipients: Iterable[str | Mapping[str, object]]) -> Nu
             row.append(text.replace(FIELD_SEPARATOR, " "))
         if reason:
             collector.reject(position, destination, reason)
+        elif with_refs:
+            add_referenced(position, destination, FIELD_SEPARATOR.join(row), reference)
         else:
-            collector.add(position, destination, FIELD_SEPARATOR.join(row))
+            add(position, destination, FIELD_SEPARATOR.join(row))
     return collector.result()
 
 

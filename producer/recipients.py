@@ -29,6 +29,8 @@ from producer.numbers import (
 # Header names that mark the column holding the numbers, in the order the error message lists
 # them; "phone number" is GOV.UK Notify's. Compared as column_key() makes them.
 COLUMN_NAMES = ("destination", "phone", "phone number", "number", "msisdn")
+# The header of the column holding each recipient's reference (compared as column_key()).
+REFERENCE_COLUMN = "reference"
 # What spreadsheets export: comma, semicolon (locales with a decimal comma) and tab.
 DELIMITERS = (",", ";", "\t")
 # Enough of the file's start to catch a binary file before looking for its first line break.
@@ -108,13 +110,24 @@ def _read(text: io.TextIOWrapper, label: str, wanted: str | None) -> NumbersResu
         column = None if is_number else _find_column(first)
     if column is not None:
         delimiter, index, column_name = column
-        # The other columns are the recipients' fields, for a templated text.
         header = next(csv.reader([first], delimiter=delimiter))
-        fields = tuple(cell.strip() for i, cell in enumerate(header) if i != index)
+        # A `reference` column holds each recipient's reference (docs/api.md, "References");
+        # the other columns are the recipients' fields, for a templated text.
+        ref_index = next(
+            (
+                i
+                for i, cell in enumerate(header)
+                if i != index and column_key(cell) == REFERENCE_COLUMN
+            ),
+            None,
+        )
+        fields = tuple(
+            cell.strip() for i, cell in enumerate(header) if i != index and i != ref_index
+        )
         if len(fields) > MAX_FIELDS:
             raise RecipientsFileError(f"{label}: {too_many_fields(len(fields), 'its columns')}")
-        collector = NumbersCollector(fields)
-        _read_rows(text, first_line, delimiter, index, column_name, collector)
+        collector = NumbersCollector(fields, references=ref_index is not None)
+        _read_rows(text, first_line, delimiter, (index, column_name, ref_index), collector)
         if collector.lines == 0:
             raise RecipientsFileError(f"{label} has a header but no data lines")
         return collector.result()
@@ -160,10 +173,12 @@ def _read_rows(
     text: Iterator[str],
     header_line: int,
     delimiter: str,
-    index: int,
-    column_name: str,
+    columns: tuple[int, str, int | None],
     collector: NumbersCollector,
 ) -> None:
+    """The data rows; `columns`: the number column's index and name, and the reference
+    column's index (None for none)."""
+    index, column_name, ref_index = columns
     missing = f"no value in column {column_name!r}"
     fields = collector.columns
     count = len(fields)
@@ -175,7 +190,9 @@ def _read_rows(
         start = end_of_previous + 1
         end_of_previous = header_line + rows.line_num
         if index < len(row) and row[index].strip():
-            if fields:
+            if ref_index is not None:
+                _add_referenced(row, start, index, ref_index, collector)
+            elif fields:
                 # The other cells, padded to the header's; a cell holding the separator (rare)
                 # has it replaced, found by counting rather than a replace per cell
                 # (docs/architecture.md D17).
@@ -198,6 +215,25 @@ def _read_rows(
         elif any(cell.strip() for cell in row):
             collector.reject(start, delimiter.join(row), missing)
         # Rows with no content at all (blank lines, Excel's ";;;") are skipped like blank lines.
+
+
+def _add_referenced(
+    row: list[str], line: int, index: int, ref_index: int, collector: NumbersCollector
+) -> None:
+    """A data row of a file with a reference column (not the path a million plain rows take)."""
+    number = row[index]
+    reference = row[ref_index] if ref_index < len(row) else ""
+    cells = [c for i, c in enumerate(row) if i != index and i != ref_index]
+    fields = collector.columns
+    if len(cells) < len(fields):
+        cells += [""] * (len(fields) - len(cells))
+    long = next((i for i, c in enumerate(cells) if len(c) > MAX_VALUE_CHARS), -1)
+    if long >= 0:
+        name = fields[long] if long < len(fields) else f"column {long + 1}"
+        collector.reject(line, number, too_long_value(name, len(cells[long])))
+        return
+    values = FIELD_SEPARATOR.join(c.replace(FIELD_SEPARATOR, " ") for c in cells)
+    collector.add_referenced(line, number, values if fields else "", reference)
 
 
 _COLUMN_KEYS = frozenset(column_key(name) for name in COLUMN_NAMES)

@@ -1,6 +1,6 @@
 """Resending part of a campaign: a new campaign (its `parent` named) of exactly the
-recipients whose messages ended in the chosen states, with their template values; never a
-number that reached `sent` in the parent.
+recipients whose messages ended in the chosen states, with their template values and
+references; never a number that reached `sent` in the parent.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ledger import keys
-from ledger.campaigns import FIELD_SEPARATOR, Campaign, scan_records
+from ledger.campaigns import FIELD_SEPARATOR, Campaign, decode_refs, decode_values, scan_records
 from ledger.errors import InputError
 from producer.numbers import NumbersCollector, NumbersResult
 from producer.report import Filter
@@ -29,18 +29,37 @@ async def recipients(redis: Redis, parent: Campaign, keep: Filter) -> NumbersRes
     if not picked:
         raise InputError(f"campaign {parent.id} has no message in the chosen states to resend")
     values: dict[int, str] = {}
+    references: dict[int, str] = {}
+    batches = sorted({parent.batch_of(i) for i, _ in picked})
     if parent.templated:
-        batches = sorted({parent.batch_of(i) for i, _ in picked})
-        pipe = redis.pipeline(transaction=False)
-        for batch_no in batches:
-            pipe.hgetall(keys.fields(parent.id, batch_no))
-        for found in await pipe.execute():
-            values.update({int(k): v.decode() for k, v in found.items()})
-    collector = NumbersCollector(parent.fields)
+        values = decode_values(
+            await _read_batches(redis, [keys.fields(parent.id, b) for b in batches])
+        )
+    if parent.references:
+        references = decode_refs(
+            await _read_batches(redis, [keys.refs(parent.id, b) for b in batches])
+        )
+    collector = NumbersCollector(parent.fields, references=parent.references)
     empty = FIELD_SEPARATOR.join([""] * len(parent.fields))
     for position, (index, destination) in enumerate(picked, start=1):
-        collector.add(position, destination, values.get(index, empty))
+        if parent.references:
+            collector.add_referenced(
+                position, destination, values.get(index, empty), references.get(index, "")
+            )
+        else:
+            collector.add(position, destination, values.get(index, empty))
     return collector.result()
+
+
+async def _read_batches(redis: Redis, names: list[str]) -> dict[bytes, bytes]:
+    """The per-batch hashes `names` (fields or references) merged: index -> value."""
+    pipe = redis.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(name)
+    merged: dict[bytes, bytes] = {}
+    for found in await pipe.execute():
+        merged.update(found)
+    return merged
 
 
 def options(parent: Campaign) -> dict[str, Any]:

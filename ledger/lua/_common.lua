@@ -9,6 +9,7 @@ local function campaign_key(cid) return P .. 'campaign:' .. cid end
 local function counts_key(cid) return P .. 'campaign:' .. cid .. ':counts' end
 local function batch_key(cid, b) return P .. 'campaign:' .. cid .. ':batch:' .. b end
 local function fields_key(cid, b) return P .. 'campaign:' .. cid .. ':fields:' .. b end
+local function refs_key(cid, b) return P .. 'campaign:' .. cid .. ':refs:' .. b end
 local function rawids_key(cid) return P .. 'campaign:' .. cid .. ':rawids' end
 local function posted_key(cid) return P .. 'campaign:' .. cid .. ':posted' end
 local POSTED_RING = 16  -- keys.POSTED_RING_S
@@ -125,15 +126,31 @@ end
 local function publish(stream, maxlen, json)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', json)
 end
+-- References (docs/architecture.md, "References"): a campaign whose recipients carried one
+-- has `references` '1' in its hash and each message's in refs_key(cid, b) under its index;
+-- every event of such a message carries it. `has`: the hash's `references` field, read with
+-- the campaign's other fields, so a campaign without references costs no extra call.
+local function reference_of(has, cid, b, index)
+  if has ~= '1' then return nil end
+  return redis.call('HGET', refs_key(cid, b), index) or nil
+end
+-- An event Python built whole (JSON), with the message's reference if it has one.
+local function with_reference(json, ref)
+  if not ref then return json end
+  local e = cjson.decode(json)
+  e['reference'] = ref
+  return cjson.encode(e)
+end
 -- A message's event: the fields Python built (base_json), with its type and the message's
--- fields that only the script knows.
-local function message_event(base_json, event_type, cid, index, dest, source)
+-- fields that only the script knows (`ref`: its reference, or nil).
+local function message_event(base_json, event_type, cid, index, dest, source, ref)
   local e = cjson.decode(base_json)
   e['type'] = event_type
   e['campaign_id'] = cid
   e['message_id'] = cid .. '-' .. index
   e['destination'] = dest
   e['source'] = source
+  e['reference'] = ref
   return e
 end
 -- Publish an event whose fields Python built, with its type and some fields set here.

@@ -45,7 +45,7 @@ if not cid then
   return {'orphan'}
 end
 
-local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'trunk')
+local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'trunk', 'references')
 local bsize = tonumber(h[1] or '')
 if not bsize then return {'missing'} end
 if ARGV[15] ~= '' and (h[2] or 'default') ~= ARGV[15] then
@@ -71,7 +71,8 @@ if late then m.flags = with_flag(m.flags, LATE) end
 m.flags = with_status(m.flags, ARGV[14])
 rec_write(cid, b, off, m)
 move(cid, from, state)
-local extra = {campaign_id = cid, message_id = cid .. '-' .. index}
+local extra = {campaign_id = cid, message_id = cid .. '-' .. index,
+  reference = reference_of(h[3], cid, b, index)}
 if late then
   extra['late'] = true
   extra['previous_state'] = NAMES[from]

@@ -4,7 +4,7 @@
 -- Returns the number of messages cancelled.
 local t = redis.call('TIME')
 local cid, b = ARGV[1], tonumber(ARGV[2])
-local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source')
+local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'references')
 local data = redis.call('GET', batch_key(cid, b))
 if not h[1] or not data then return 0 end
 local bsize, moved = tonumber(h[1]), 0
@@ -13,7 +13,9 @@ for i = 0, #data / R - 1 do
     local m = rec_unpack(string.sub(data, i * R + 1, i * R + R))
     m.state = CANCELLED
     rec_write(cid, b, i * R, m)
-    local e = message_event(ARGV[3], 'cancelled', cid, b * bsize + i, num(m.dest), h[2])
+    local index = b * bsize + i
+    local e = message_event(ARGV[3], 'cancelled', cid, index, num(m.dest), h[2],
+      reference_of(h[3], cid, b, index))
     publish(KEYS[1], ARGV[4], cjson.encode(e))
     moved = moved + 1
   end

@@ -92,12 +92,12 @@ local function campaign(cid)
   local c = camps[cid]
   if c == nil then
     local h = redis.call('HMGET', campaign_key(cid), 'state', 'expires_at', 'send_at',
-      'source', 'batch_size', 'text')
+      'source', 'batch_size', 'text', 'references')
     if not h[5] then
       c = false
     else
       c = {state = h[1], expires = tonumber(h[2]), send_at = tonumber(h[3]) or 0,
-        source = h[4], bsize = tonumber(h[5]), text = h[6], posted = 0}
+        source = h[4], bsize = tonumber(h[5]), text = h[6], refs = h[7], posted = 0}
       if c.state == 'scheduled' and c.send_at <= now / 1000000 then
         redis.call('HSET', campaign_key(cid), 'state', 'active')
         c.state = 'active'
@@ -123,7 +123,8 @@ local function end_message(cid, b, index, off, m, c, state)
   m.state = state
   rec_write(cid, b, off, m)
   move(cid, QUEUED, state)
-  local e = message_event(base, NAMES[state], cid, index, dest, c.source)
+  local e = message_event(base, NAMES[state], cid, index, dest, c.source,
+    reference_of(c.refs, cid, b, index))
   publish(stream, maxlen, cjson.encode(e))
   maybe_done(cid, now_s)
 end

@@ -23,13 +23,15 @@ local now_s = tonumber(t[1])
 local stream, maxlen, orphan_ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local nforget = tonumber(ARGV[4])
 
-local sizes, sources, trunks = {}, {}, {}
+local sizes, sources, trunks, refs = {}, {}, {}, {}
 local function campaign(cid)
   if sizes[cid] == nil then
-    local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'trunk')
+    local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'trunk',
+      'references')
     sizes[cid] = tonumber(h[1]) or false
     sources[cid] = h[2]
     trunks[cid] = h[3] or 'default'
+    refs[cid] = h[4]
   end
   return sizes[cid]
 end
@@ -47,6 +49,11 @@ for _ = 1, tonumber(ARGV[3]) do
   if m then
     local source, dest = sources[cid], num(m.dest)
     local from = m.state
+    local ref = nil
+    if refs[cid] == '1' and kind ~= 'retry' and kind ~= 'unclaim' then
+      ref = reference_of(refs[cid], cid, b, index)
+      ev = with_reference(ev, ref)
+    end
     if kind == 'accepted' and (from == SENDING or from == UNKNOWN) then
       m.state = ACCEPTED
       m.id = a
@@ -81,6 +88,7 @@ for _ = 1, tonumber(ARGV[3]) do
         local e = kept_event(o, a, cid, index, now_s * 1000 + math.floor(tonumber(t[2]) / 1000))
         e['type'] = o.state
         e['didww_id'] = bb
+        e['reference'] = ref
         publish(stream, maxlen, cjson.encode(e))
         kept_forget(a)
         redis.call('HINCRBY', KEYS[3], 'orphans_joined', 1)

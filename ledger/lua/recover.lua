@@ -13,7 +13,7 @@ if not beat or tonumber(beat) > now - tonumber(ARGV[2]) then return -1 end
 local cid, b, owner = string.match(ARGV[1], '^(.*)|(%d+)|(%d+)$')
 b, owner = tonumber(b), tonumber(owner)
 local swept = 0
-local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'trunk')
+local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'trunk', 'references')
 local data = redis.call('GET', batch_key(cid, b))
 if h[1] and data then
   local bsize, source = tonumber(h[1]), h[2]
@@ -23,7 +23,8 @@ if h[1] and data then
     if string.byte(r, 1) == SENDING and be(r, 20, 4) == owner then
       local m = rec_unpack(r)
       local index = b * bsize + i
-      local e = message_event(ARGV[6], 'unknown', cid, index, num(m.dest), source)
+      local e = message_event(ARGV[6], 'unknown', cid, index, num(m.dest), source,
+        reference_of(h[4], cid, b, index))
       e['trunk'] = h[3]
       local at = {cid = cid, b = b, index = index, off = i * R, source = source}
       to_unknown(m, at, cjson.encode(e), o)

@@ -51,7 +51,8 @@ for _, entry in ipairs(due) do
       if found then
         local cid, b, index = string.match(found, '^(.*)|(%d+)|(%d+)$')
         b, index = tonumber(b), tonumber(index)
-        local bsize = tonumber(redis.call('HGET', campaign_key(cid), 'batch_size'))
+        local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'references')
+        local bsize = tonumber(h[1])
         local m, off = rec_read(cid, b, index, bsize)
         local state = CODES[kept.state]
         m.state = state
@@ -73,6 +74,7 @@ for _, entry in ipairs(due) do
         event['matched_by'] = 'source, destination and time'
         event['late'] = true
         event['previous_state'] = 'unknown'
+        event['reference'] = reference_of(h[2], cid, b, index)
         publish(ARGV[3], ARGV[4], cjson.encode(event))
         redis.call('HINCRBY', STATS, 'callbacks_matched', 1)
         redis.call('ZREM', ukey, found)

@@ -22,7 +22,8 @@ end
 for _, member in ipairs(due) do
   local cid, b = string.match(member, '^(.*)|(%d+)$')
   b = tonumber(b)
-  local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'trunk')
+  local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'source', 'trunk',
+    'references')
   local data = redis.call('GET', batch_key(cid, b))
   local oldest = nil
   if h[1] and data then
@@ -35,12 +36,14 @@ for _, member in ipairs(due) do
           m.state = UNCONFIRMED
           rec_write(cid, b, i * R, m)
           move(cid, ACCEPTED, UNCONFIRMED)
-          local e = message_event(ARGV[3], 'unconfirmed', cid, b * bsize + i, num(m.dest), h[2])
+          local index = b * bsize + i
+          local e = message_event(ARGV[3], 'unconfirmed', cid, index, num(m.dest), h[2],
+            reference_of(h[4], cid, b, index))
           e['accepted_at'] = m.t1
           e['trunk'] = h[3]
           e['didww_id'] = uuid_text(m.id, m.flags) or (
             math.floor(m.flags / RAW_ID) % 2 == 1
-            and redis.call('HGET', rawids_key(cid), b * bsize + i) or cjson.null)
+            and redis.call('HGET', rawids_key(cid), index) or cjson.null)
           publish(KEYS[2], ARGV[2], cjson.encode(e))
           changed = changed + 1
         elseif oldest == nil or m.t1 < oldest then

@@ -77,6 +77,7 @@ def test_the_report_is_ndjson_by_default_one_row_per_message(server, sync_redis)
         "time_start": None,
         "time_end": None,
         "attempts": 0,
+        "reference": None,
     }
     assert set(rows[0]) == set(reports.COLUMNS)
 

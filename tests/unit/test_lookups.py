@@ -137,9 +137,9 @@ def test_a_message_is_found_by_its_id(real_ledger, real_redis) -> None:
         ]
         return found, missing
 
-    (c, record, raw_id), missing = run(real_ledger, go)
+    (c, record, raw_id, reference), missing = run(real_ledger, go)
     assert c.id == cid and record.index == 120 and record.state == State.SENDING
-    assert record.destination == "37060000120" and raw_id is None
+    assert record.destination == "37060000120" and raw_id is None and reference is None
     assert missing == [None] * 5
 
 
@@ -151,11 +151,11 @@ def test_a_campaigns_messages_come_in_pages_filtered_by_state(real_ledger, real_
         c = await ledger.campaign(cid)
         indexes, cursor = [], None
         while True:
-            found, _, cursor = await ledger.message_page(c, 60, cursor)
+            found, _, _, cursor = await ledger.message_page(c, 60, cursor)
             indexes.append([r.index for r in found])
             if cursor is None:
                 break
-        sending, _, after = await ledger.message_page(c, 10, None, frozenset({State.SENDING}))
+        sending, _, _, after = await ledger.message_page(c, 10, None, frozenset({State.SENDING}))
         return indexes, [r.index for r in sending], after
 
     pages, sending, after = run(real_ledger, go)

@@ -1,6 +1,7 @@
 """The README's "From another application" commands, run as written against `make up`: a
-receiver that verifies signatures, a webhook subscription, a campaign created over HTTP, the
-campaigns listed and a message looked up; every event the receiver gets verifies."""
+receiver that verifies signatures, a webhook subscription, a campaign created over HTTP with
+references, the campaigns listed and a message looked up; every event the receiver gets
+verifies and carries its message's reference."""
 
 from __future__ import annotations
 
@@ -51,9 +52,12 @@ def test_an_applications_whole_path_as_the_readme_shows_it(
     # The list and the lookup answered (their JSON follows the create's on stdout).
     assert f'"campaign_id":"{cid}"' in done.stdout.replace(" ", "")
     assert f'"message_id":"{cid}-0"' in done.stdout.replace(" ", "")
+    assert '"reference":"order-1017"' in done.stdout.replace(" ", "")
     received = (work / "received.txt").read_text().splitlines()
     events = [json.loads(line.split(" ", 1)[1]) for line in received]
     assert [line.split(" ", 1)[0] for line in received] == ["verified"] * len(received)
     # The simulator fails some messages: each of the two ends sent or failed, once at least.
     assert {e["message_id"] for e in events} == {f"{cid}-0", f"{cid}-1"}
     assert {e["type"] for e in events} <= {"sent", "failed"}
+    references = {f"{cid}-0": "order-1017", f"{cid}-1": "order-1018"}
+    assert all(e["reference"] == references[e["message_id"]] for e in events), events

@@ -65,7 +65,7 @@ def test_keys_built_in_lua_agree_with_keys_py(real_redis) -> None:
     built = lua_common(
         real_redis,
         """return {campaign_key(ARGV[1]), counts_key(ARGV[1]), batch_key(ARGV[1], 7),
-          fields_key(ARGV[1], 7), rawids_key(ARGV[1]), posted_key(ARGV[1]),
+          fields_key(ARGV[1], 7), refs_key(ARGV[1], 7), rawids_key(ARGV[1]), posted_key(ARGV[1]),
           kept_bucket(ARGV[5]), KEPT, KEPT_INFO,
           unknown_by_pair(ARGV[3], ARGV[4]), sending_by_pair(ARGV[3], ARGV[4]),
           id_bucket(ARGV[5]), STATS, ACCEPTING, RETENTION, PARKED, INFLIGHT}""",
@@ -80,6 +80,7 @@ def test_keys_built_in_lua_agree_with_keys_py(real_redis) -> None:
         keys.counts(CID),
         keys.batch(CID, 7),
         keys.fields(CID, 7),
+        keys.refs(CID, 7),
         keys.raw_ids(CID),
         keys.posted(CID),
         keys.kept_bucket(id_key),

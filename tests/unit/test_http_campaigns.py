@@ -138,6 +138,11 @@ def test_a_recipient_missing_a_field_without_default_is_rejected_by_index(server
             "invalid_field",
             "recipients[0].fields.n: must be",
         ),
+        (
+            ["37041654321", {"destination": "37041654322", "reference": 17}],
+            "invalid_field",
+            "recipients[1].reference: must be a string",
+        ),
     ],
 )
 def test_malformed_recipients_are_422_naming_the_item(
@@ -147,6 +152,41 @@ def test_malformed_recipients_are_422_naming_the_item(
     [response] = create_with(server, recipients_body(recipients), celery=celery)
     assert names in problem(response, code)["detail"]
     assert stored_campaigns(sync_redis) == [] and celery.sent == []
+
+
+def test_references_are_stored_and_a_bad_one_rejects_its_recipient(server, sync_redis) -> None:
+    recipients = [
+        {"destination": "37041654321", "reference": "order-1017"},
+        "37041654322",
+        {"destination": "37041654323", "reference": "r" * 65},
+        {"destination": "37041654324", "reference": "a\tb"},
+        {"destination": "37041654325", "reference": None},
+        {"destination": "37041654326", "reference": "é" * 64},
+    ]
+    [response] = create_with(server, recipients_body(recipients))
+    assert response.status_code == 201, response.text
+    out = response.json()
+    assert out["queued"] == 4
+    assert [(r["line"], r["index"], r["reason"]) for r in out["rejections"]] == [
+        (3, 2, "reference is 65 characters long; at most 64"),
+        (4, 3, "reference contains a control character"),
+    ]
+    cid = out["campaign_id"]
+    assert stored(sync_redis, cid).references is True
+    # Only the messages with one have a field (indexes after the rejected are renumbered).
+    assert sync_redis.hgetall(keys.refs(cid, 0)) == {
+        b"0": b"order-1017",
+        b"3": ("é" * 64).encode(),
+    }
+
+
+def test_a_campaign_without_references_stores_none(server, sync_redis) -> None:
+    recipients = [{"destination": "37041654321", "reference": ""}, "37041654322"]
+    [response] = create_with(server, recipients_body(recipients))
+    assert response.status_code == 201, response.text
+    cid = response.json()["campaign_id"]
+    assert stored(sync_redis, cid).references is False
+    assert sync_redis.keys(keys.refs(cid, 0)) == []
 
 
 def test_destinations_and_recipients_are_one_or_the_other(server, sync_redis) -> None:

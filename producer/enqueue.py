@@ -136,6 +136,10 @@ def _digest(plan: Plan) -> str:
     h.update(f"{plan.send_at:.0f}|{plan.expires_at - plan.created_at:.0f}|{plan.priority}".encode())
     numbers = plan.numbers.numbers
     h.update("\n".join(numbers[i] + plan.values.get(i, "") for i in plan.order).encode())
+    references = plan.numbers.references
+    if references:
+        # Only when there are some: a request without them keeps the digest it always had.
+        h.update(b"\0references\0" + "\n".join(references[i] for i in plan.order).encode())
     return h.hexdigest()
 
 

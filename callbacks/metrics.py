@@ -272,18 +272,19 @@ async def redis_figures(ledger: Ledger) -> dict[str, Any]:
         for name, trunk in settings.trunks().items()
     }
     overdue = _overdue(campaigns, paced, settings.rate_unit == "segment", now)
-    trunks = {name: await ledger.trunk_status(name) for name in settings.trunks()}
-    first = next(iter(trunks.values()))
+    names = list(settings.trunks())
+    trunks = dict(zip(names, await ledger.trunk_statuses(names), strict=True))
     campaign_tasks, priority_tasks, stream_length = replies[2 * len(cids) :]
     return {
         "by_state": by_state,
         "queue_depth": {CAMPAIGN_QUEUE: campaign_tasks, PRIORITY_QUEUE: priority_tasks},
-        "parked": first.parked_batches,
+        "parked": {name: t.parked_batches for name, t in trunks.items()},
         "oldest_queued_age_s": now - oldest if oldest is not None else 0.0,
         "overdue": overdue,
         "trunks": list(trunks),
-        "orphans_waiting": first.orphans_waiting,
-        "stats": first.stats,
+        "orphans_waiting": {name: t.orphans_waiting for name, t in trunks.items()},
+        "stats": {name: t.stats for name, t in trunks.items()},
+        "claimed_per_s": {name: t.claimed_per_s for name, t in trunks.items()},
         "stream_length": stream_length,
         "halted": {name: t.halted is not None for name, t in trunks.items()},
         "backing_off": {name: t.backoff is not None for name, t in trunks.items()},
@@ -312,27 +313,45 @@ class _Figures(Collector):
         for queue, n in f["queue_depth"].items():
             depth.add_metric([queue], n)
         yield depth
-        yield GaugeMetricFamily("smsq_parked_batches", "Batches parked", value=f["parked"])
+        parked = GaugeMetricFamily(
+            "smsq_parked_batches", "Batches parked, by their campaign's trunk", labels=["trunk"]
+        )
+        for trunk, n in f["parked"].items():
+            parked.add_metric([trunk], n)
+        yield parked
         yield GaugeMetricFamily(
             "smsq_oldest_queued_age_seconds",
             "Age of the oldest campaign that still has queued messages, from its send_at if set",
             value=f["oldest_queued_age_s"],
         )
         yield from self._overdue()
-        yield GaugeMetricFamily(
+        waiting = GaugeMetricFamily(
             "smsq_orphan_callbacks_waiting",
-            "Callbacks for DIDWW ids not (yet) known, kept to be joined",
-            value=f["orphans_waiting"],
+            "Callbacks for DIDWW ids not (yet) known, kept to be joined, by the trunk whose "
+            "token brought them",
+            labels=["trunk"],
         )
+        for trunk, n in f["orphans_waiting"].items():
+            waiting.add_metric([trunk], n)
+        yield waiting
         totals = GaugeMetricFamily(
             "smsq_callback_results",
-            "Callbacks by result since Redis was created (applied, matched, duplicate, "
-            "orphans kept and joined)",
-            labels=["result"],
+            "Callbacks by trunk and result since Redis was created (applied, matched, "
+            "duplicate, orphans kept and joined; claims released)",
+            labels=["trunk", "result"],
         )
-        for name, n in sorted(f["stats"].items()):
-            totals.add_metric([name], n)
+        for trunk, stats in f["stats"].items():
+            for name, n in sorted(stats.items()):
+                totals.add_metric([trunk, name], n)
         yield totals
+        claimed = GaugeMetricFamily(
+            "smsq_trunk_claimed_per_second",
+            "Units (messages or segments) the trunk claimed in the last second",
+            labels=["trunk"],
+        )
+        for trunk, rate in f["claimed_per_s"].items():
+            claimed.add_metric([trunk], rate)
+        yield claimed
         yield GaugeMetricFamily(
             "smsq_events_stream_length", "Entries on the events stream", value=f["stream_length"]
         )

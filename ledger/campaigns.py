@@ -279,7 +279,9 @@ def queue_store(
 
 @dataclass(frozen=True, slots=True)
 class TrunkStatus:
-    """What holds a trunk's campaigns back, and callbacks nobody has claimed yet."""
+    """One trunk's figures: what holds its campaigns back (a halt, a backoff, parked
+    batches), the callbacks its token brought that nobody has claimed yet, its counters
+    (smsq:stats' `name:trunk` fields) and the units it claimed in the last second."""
 
     name: str
     halted: str | None
@@ -287,6 +289,7 @@ class TrunkStatus:
     parked_batches: int
     orphans_waiting: int
     stats: dict[str, int]
+    claimed_per_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -297,6 +300,7 @@ class TrunkStatus:
             "backoff_why": _why(self.backoff),
             "parked_batches": self.parked_batches,
             "orphan_callbacks_waiting": self.orphans_waiting,
+            "claimed_per_s": self.claimed_per_s,
             "stats": self.stats,
         }
 

@@ -39,7 +39,9 @@ Callbacks:
                                       SMSQ_ORPHAN_TTL_S at every ingest and settle pass
 - ``smsq:kept:{hhh}``                hash: id key -> a kept callback's values (MessagePack,
                                       ledger/lua/_common.lua: kept_pack), bucket as ``ids``
-- ``smsq:kept:info``                 hash: ``count`` kept now, ``cursor`` of the settle pass
+- ``smsq:kept:info``                 hash: ``count`` kept now, ``count:{t}`` of them per trunk
+                                      (the trunk whose token brought them), ``cursor`` of the
+                                      settle pass
 - ``smsq:unknown:{src}:{dst}``       sorted set (TTL): ``cid|batch|index`` of unknown messages by
                                       when they were posted, for matching their callbacks
 - ``smsq:sending:{src}:{dst}``       counter (TTL): messages to that pair now `sending`; a kept

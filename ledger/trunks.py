@@ -5,6 +5,7 @@ unavailable), the probe turn that lifts them, and what a trunk's status shows.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from ledger import events, keys
 from ledger.campaigns import TrunkStatus
@@ -74,18 +75,67 @@ class TrunkFlags(LedgerCore):
         interval_ms = round(self.settings.probe_interval_s * 1000)
         return bool(await self.redis.set(keys.probe_lock(trunk), owner, nx=True, px=interval_ms))
 
-    async def trunk_status(self, trunk: str) -> TrunkStatus:
-        halt, backoff = await self.trunk_flags(trunk)
+    async def trunk_status(self, trunk: str, parked: dict[str, int] | None = None) -> TrunkStatus:
+        """The trunk's flags, its parked batches and kept callbacks, and how fast it claims;
+        `parked`: parked_by_trunk() when the caller read it already (for several trunks)."""
+        return (await self.trunk_statuses([trunk], parked))[0]
+
+    async def trunk_statuses(
+        self, trunks: Sequence[str], parked: dict[str, int] | None = None
+    ) -> list[TrunkStatus]:
+        """trunk_status of each of `trunks`, with one read of the parked batches."""
+        if parked is None:
+            parked = await self.parked_by_trunk()  # type: ignore[attr-defined]
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(keys.parked())
-        pipe.hget(keys.kept_info(), "count")
+        for trunk in trunks:
+            pipe.mget([keys.halt(trunk), keys.backoff(trunk)])
+            pipe.hget(keys.kept_info(), f"count:{trunk}")
+            pipe.lrange(keys.rate_window(trunk), 0, -1)
         pipe.hgetall(keys.stats())
-        parked, waiting, stats = await pipe.execute()
-        return TrunkStatus(
-            trunk,
-            halt,
-            backoff,
-            int(parked),
-            int(waiting or 0),
-            {k.decode(): int(v) for k, v in stats.items()},
-        )
+        pipe.time()
+        replies = await pipe.execute()
+        seconds, micros = replies[-1]
+        now_us = int(seconds) * 1_000_000 + int(micros)
+        stats = per_trunk(replies[-2])
+        out = []
+        for i, trunk in enumerate(trunks):
+            (halt, backoff), waiting, window = replies[3 * i : 3 * i + 3]
+            out.append(
+                TrunkStatus(
+                    trunk,
+                    halt.decode() if halt else None,
+                    backoff.decode() if backoff else None,
+                    parked.get(trunk, 0),
+                    int(waiting or 0),
+                    stats.get(trunk, {}),
+                    claimed_per_s=_claimed_per_s(window, now_us),
+                )
+            )
+        return out
+
+
+def per_trunk(raw: dict[bytes, bytes]) -> dict[str, dict[str, int]]:
+    """smsq:stats' per-trunk counters (fields `name:trunk`, written by the scripts' stat()):
+    trunk -> name -> count. The fields without a trunk are the totals."""
+    out: dict[str, dict[str, int]] = {}
+    for field, value in raw.items():
+        name, _, trunk = field.decode().partition(":")
+        if trunk:
+            out.setdefault(trunk, {})[name] = int(value)
+    return out
+
+
+# The claim rate shown is over the last second of the trunk's window list (claim.lua).
+RATE_SPAN_US = 1_000_000
+
+
+def _claimed_per_s(window: list[bytes], now_us: int) -> float:
+    """Units claimed in the last second, from the trunk's window list (`time_us units`
+    entries, newest first, trimmed by claim.lua only when it claims)."""
+    total = 0
+    for entry in window:
+        at, units = entry.split()
+        if int(at) <= now_us - RATE_SPAN_US:
+            break
+        total += int(units)
+    return total * 1_000_000 / RATE_SPAN_US

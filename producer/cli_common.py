@@ -156,10 +156,13 @@ def print_status(status: Status) -> None:
     if trunk.backoff:
         click.echo(f"trunk {trunk.name}: backing off, DIDWW is unavailable (probing)")
     if trunk.parked_batches:
-        click.echo(f"{trunk.parked_batches} batches parked until they can go on")
+        click.echo(
+            f"trunk {trunk.name}: {trunk.parked_batches} batches parked until they can go on"
+        )
+    click.echo(f"trunk {trunk.name}: claiming {trunk.claimed_per_s:.1f}/s")
     stats = trunk.stats
     click.echo(
-        f"callbacks for unknown DIDWW ids: {trunk.orphans_waiting} waiting"
+        f"trunk {trunk.name}: callbacks for unknown DIDWW ids: {trunk.orphans_waiting} waiting"
         f" ({stats.get('orphans_kept', 0)} kept, {stats.get('orphans_joined', 0)} joined,"
         f" {stats.get('orphans_dropped', 0)} dropped over SMSQ_ORPHANS_MAX,"
         f" {stats.get('callbacks_matched', 0)} matched by number and time)"

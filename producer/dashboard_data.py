@@ -58,6 +58,10 @@ def _trunk(t: TrunkStatus) -> dict[str, Any]:
         "name": t.name,
         "halted": _alert(t.halted),
         "backing_off": _alert(t.backoff),
+        "claimed_per_s": t.claimed_per_s,
+        "parked_batches": t.parked_batches,
+        "callbacks_waiting": t.orphans_waiting,
+        "callbacks_settled": _callbacks(t.stats),
     }
 
 
@@ -94,7 +98,8 @@ async def campaigns(ledger: Ledger, limit: int = MAX_CAMPAIGNS) -> dict[str, Any
         c = Campaign.stored(cid, replies[2 * i])
         if c is not None:
             found.append((c, decode_counts(replies[2 * i + 1])))
-    trunks = {name: await ledger.trunk_status(name) for name in {c.trunk for c, _ in found}}
+    names = sorted({c.trunk for c, _ in found})
+    trunks = dict(zip(names, await ledger.trunk_statuses(names), strict=True))
     rows = []
     for c, counts in found:
         status = Status(c, counts, 0.0, trunks[c.trunk])
@@ -106,18 +111,11 @@ async def campaigns(ledger: Ledger, limit: int = MAX_CAMPAIGNS) -> dict[str, Any
 
 
 async def trunks(ledger: Ledger) -> dict[str, Any]:
-    """Every configured trunk: halted or backing off, and the alert that did it; the
-    parked batches and the callbacks waiting (one figure for all trunks: the ledger keeps
-    them in shared keys); the callbacks settled so far, for their rate."""
-    statuses = [await ledger.trunk_status(name) for name in ledger.settings.trunks()]
-    first = statuses[0]
-    return {
-        "trunks": [_trunk(t) for t in statuses],
-        "parked_batches": first.parked_batches,
-        "callbacks_waiting": first.orphans_waiting,
-        "callbacks_settled": _callbacks(first.stats),
-        "at": time.time(),
-    }
+    """Every configured trunk: halted or backing off, and the alert that did it; what it
+    claimed in the last second, its parked batches and the callbacks its token brought that
+    wait for their message; the callbacks it settled so far, for their rate."""
+    statuses = await ledger.trunk_statuses(list(ledger.settings.trunks()))
+    return {"trunks": [_trunk(t) for t in statuses], "at": time.time()}
 
 
 @dataclass(slots=True)

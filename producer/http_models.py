@@ -338,9 +338,14 @@ class TrunkStatus(_Response):
     halted_why: str | None
     backing_off: bool = Field(description="DIDWW unavailable")
     backoff_why: str | None
-    parked_batches: int
-    orphan_callbacks_waiting: int
-    stats: dict[str, int]
+    parked_batches: int = Field(description="this trunk's campaigns' batches parked")
+    orphan_callbacks_waiting: int = Field(
+        description="callbacks this trunk's token brought for DIDWW ids not (yet) known"
+    )
+    claimed_per_s: float = Field(
+        description="units (messages or segments) claimed in the last second"
+    )
+    stats: dict[str, int] = Field(description="this trunk's callback and claim counters")
 
 
 class StatusWindow(_Response):

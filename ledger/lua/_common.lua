@@ -114,6 +114,13 @@ local function uuid_text(id, flags)
     .. '-' .. string.sub(h, 17, 20) .. '-' .. string.sub(h, 21, 32)
 end
 
+-- Global counters (smsq:stats), in all (`name`) and per trunk (`name:trunk`; none for ''
+-- , a callback token that named no trunk).
+local function stat(name, trunk, n)
+  redis.call('HINCRBY', STATS, name, n or 1)
+  if trunk ~= '' then redis.call('HINCRBY', STATS, name .. ':' .. trunk, n or 1) end
+end
+
 local function maybe_done(cid, now_s)
   local c = redis.call('HMGET', counts_key(cid), 'queued', 'sending', 'accepted')
   if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0) > 0 then return end
@@ -242,7 +249,8 @@ end
 -- by tests/integration/test_callback_abuse.py's flood of forged ids):
 --   KEPT            stream, one entry per kept callback in the order kept: {'k', id key}
 --   kept_bucket(k)  hash, chosen like the id index's buckets: id key -> kept_pack(...)
---   KEPT_INFO       hash: 'count' kept now, 'cursor' where settle.lua goes on
+--   KEPT_INFO       hash: 'count' kept now, 'count:{trunk}' of them per trunk, 'cursor'
+--                   where settle.lua goes on
 -- A joined or matched callback leaves the hash at once and the stream when settle.lua or
 -- kept_trim passes its entry. Never more than SMSQ_ORPHANS_MAX (the oldest dropped, counted
 -- as orphans_dropped) nor older than SMSQ_ORPHAN_TTL_S (orphans_expired): kept_trim runs at
@@ -347,11 +355,29 @@ local function kept_get(idkey)
   local raw = redis.call('HGET', kept_bucket(idkey), idkey)
   return raw and kept_unpack(raw)
 end
--- Forget a kept callback (joined, matched, dropped or expired); false if it was not kept.
-local function kept_forget(idkey)
-  if redis.call('HDEL', kept_bucket(idkey), idkey) == 0 then return false end
-  redis.call('HINCRBY', KEPT_INFO, 'count', -1)
-  return true
+-- Kept callbacks are counted in all ('count') and per trunk ('count:' .. the trunk whose
+-- token brought them; not for a token that named none).
+local function kept_counted(trunk, delta)
+  redis.call('HINCRBY', KEPT_INFO, 'count', delta)
+  if trunk == '' then return end
+  -- Callbacks kept before per-trunk counts existed were never counted in one: a trunk's
+  -- count stops at 0 while they go (within SMSQ_ORPHAN_TTL_S of the upgrade).
+  if redis.call('HINCRBY', KEPT_INFO, 'count:' .. trunk, delta) < 0 then
+    redis.call('HSET', KEPT_INFO, 'count:' .. trunk, 0)
+  end
+end
+-- Forget a kept callback (joined, matched, dropped or expired): its trunk, or false if it was
+-- not kept. `trunk`: its trunk, when the caller has unpacked it (else read here).
+local function kept_forget(idkey, trunk)
+  local bucket = kept_bucket(idkey)
+  if trunk == nil then
+    local raw = redis.call('HGET', bucket, idkey)
+    if not raw then return false end
+    trunk = kept_unpack(raw).trunk
+  end
+  if redis.call('HDEL', bucket, idkey) == 0 then return false end
+  kept_counted(trunk, -1)
+  return trunk
 end
 local function kept_count() return tonumber(redis.call('HGET', KEPT_INFO, 'count')) or 0 end
 -- Bound what is kept: the oldest go while more than `max` are kept or while they are older
@@ -366,9 +392,10 @@ local function kept_trim(now_ms, ttl_s, max, budget)
       local ms = tonumber(string.match(e[1], '^(%d+)'))
       local over = count > max
       if not over and ms >= oldest then return end
-      if kept_forget(e[2][2]) then
+      local trunk = kept_forget(e[2][2])
+      if trunk then
         count = count - 1
-        redis.call('HINCRBY', STATS, over and 'orphans_dropped' or 'orphans_expired', 1)
+        stat(over and 'orphans_dropped' or 'orphans_expired', trunk)
       end
       redis.call('XDEL', KEPT, e[1])
       budget = budget - 1

@@ -27,7 +27,7 @@ local cid, index = index_find(ARGV[10])
 if not cid then
   local idkey = ARGV[10]
   if redis.call('HEXISTS', kept_bucket(idkey), idkey) == 1 then
-    redis.call('HINCRBY', KEYS[2], 'callbacks_duplicate', 1)
+    stat('callbacks_duplicate', ARGV[15])
     return {'duplicate'}
   end
   local reason = cjson.decode(ARGV[2])['reason']
@@ -38,8 +38,8 @@ if not cid then
     flags = tonumber(ARGV[18]), trunk = ARGV[15], source = ARGV[6], destination = ARGV[7],
     raw_id = ARGV[16], start_text = ARGV[20], end_text = ARGV[21]}))
   redis.call('XADD', KEPT, '*', 'k', idkey)
-  redis.call('HINCRBY', KEPT_INFO, 'count', 1)
-  redis.call('HINCRBY', KEYS[2], 'orphans_kept', 1)
+  kept_counted(ARGV[15], 1)
+  stat('orphans_kept', ARGV[15])
   kept_trim(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(ARGV[4]),
     tonumber(ARGV[5]), 100)
   return {'orphan'}
@@ -48,8 +48,9 @@ end
 local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'trunk', 'references')
 local bsize = tonumber(h[1] or '')
 if not bsize then return {'missing'} end
-if ARGV[15] ~= '' and (h[2] or 'default') ~= ARGV[15] then
-  redis.call('HINCRBY', KEYS[2], 'callbacks_forbidden', 1)
+local trunk = h[2] or 'default'
+if ARGV[15] ~= '' and trunk ~= ARGV[15] then
+  stat('callbacks_forbidden', ARGV[15])
   return {'forbidden'}
 end
 local b = math.floor(index / bsize)
@@ -57,7 +58,7 @@ local m, off = rec_read(cid, b, index, bsize)
 if not m then return {'missing'} end
 local from = m.state
 if from ~= ACCEPTED and from ~= UNCONFIRMED and from ~= UNKNOWN then
-  redis.call('HINCRBY', KEYS[2], 'callbacks_duplicate', 1)
+  stat('callbacks_duplicate', trunk)
   return {'duplicate', NAMES[from]}
 end
 local state = CODES[ARGV[1]]
@@ -78,6 +79,6 @@ if late then
   extra['previous_state'] = NAMES[from]
 end
 publish_as(KEYS[1], ARGV[3], ARGV[2], ARGV[1], extra)
-redis.call('HINCRBY', KEYS[2], late and 'callbacks_late' or 'callbacks_applied', 1)
+stat(late and 'callbacks_late' or 'callbacks_applied', trunk)
 maybe_done(cid, now_s)
 return {late and 'late' or 'applied', cid .. '-' .. index}

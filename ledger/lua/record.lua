@@ -72,7 +72,7 @@ for _ = 1, tonumber(ARGV[3]) do
       -- this campaign's trunk's token (one kept under another trunk's token is left alone).
       local o = kept_get(a)
       if o and o.trunk ~= '' and o.trunk ~= trunks[cid] then
-        redis.call('HINCRBY', KEYS[3], 'callbacks_forbidden', 1)
+        stat('callbacks_forbidden', o.trunk)
         o = nil
       end
       if o then
@@ -90,8 +90,8 @@ for _ = 1, tonumber(ARGV[3]) do
         e['didww_id'] = bb
         e['reference'] = ref
         publish(stream, maxlen, cjson.encode(e))
-        kept_forget(a)
-        redis.call('HINCRBY', KEYS[3], 'orphans_joined', 1)
+        kept_forget(a, o.trunk)
+        stat('orphans_joined', trunks[cid])
         final = o.state
         maybe_done(cid, now_s)
       else
@@ -156,7 +156,7 @@ for i = 1, nforget do
   end
   if released > 0 then
     park(cid .. '|' .. b, now_s)
-    redis.call('HINCRBY', KEYS[3], 'claims_released', released)
+    stat('claims_released', trunks[cid], released)
   end
 end
 for _, v in ipairs(settled) do moved[#moved + 1] = v end

@@ -51,7 +51,7 @@ for _, entry in ipairs(due) do
       if found then
         local cid, b, index = string.match(found, '^(.*)|(%d+)|(%d+)$')
         b, index = tonumber(b), tonumber(index)
-        local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'references')
+        local h = redis.call('HMGET', campaign_key(cid), 'batch_size', 'references', 'trunk')
         local bsize = tonumber(h[1])
         local m, off = rec_read(cid, b, index, bsize)
         local state = CODES[kept.state]
@@ -76,9 +76,9 @@ for _, entry in ipairs(due) do
         event['previous_state'] = 'unknown'
         event['reference'] = reference_of(h[2], cid, b, index)
         publish(ARGV[3], ARGV[4], cjson.encode(event))
-        redis.call('HINCRBY', STATS, 'callbacks_matched', 1)
+        stat('callbacks_matched', h[3] or 'default')
         redis.call('ZREM', ukey, found)
-        kept_forget(idkey)
+        kept_forget(idkey, kept.trunk)
         redis.call('XDEL', KEPT, entry[1])
         maybe_done(cid, now)
         settled = settled + 1

@@ -168,10 +168,19 @@
     return parts.join(" · ");
   }
 
+  // A trunk's callbacks per second, from its settled count now and at the previous poll.
+  function callbackRate(doc, t) {
+    const before = previousTrunks && previousTrunks.trunks.find((p) => p.name === t.name);
+    if (!before || !(doc.at > previousTrunks.at)) return "–";
+    const rate = (t.callbacks_settled - before.callbacks_settled) / (doc.at - previousTrunks.at);
+    return perSecond(Math.max(0, rate));
+  }
+
   function renderTrunks(doc) {
     const body = $("trunk-rows");
     const rows = doc.trunks.map((t) => {
       const tr = document.createElement("tr");
+      tr.dataset.trunk = t.name;
       const name = cell("th", t.name);
       name.scope = "row";
       const sending = t.halted ? "halted" : t.backing_off ? "backing off" : "ok";
@@ -179,17 +188,19 @@
       badge(state, sending);
       const stateCell = cell("td");
       stateCell.append(state);
-      tr.append(name, stateCell, cell("td", alertText(t) || "none"));
+      tr.append(
+        name,
+        stateCell,
+        cell("td", perSecond(t.claimed_per_s), "num"),
+        cell("td", number(t.parked_batches), "num"),
+        cell("td", number(t.callbacks_waiting), "num"),
+        cell("td", callbackRate(doc, t), "num"),
+        cell("td", alertText(t) || "none"),
+      );
       return tr;
     });
     // The trunks table holds no focusable element, so replacing it loses nothing.
     body.replaceChildren(...rows);
-    setText($("parked"), number(doc.parked_batches));
-    setText($("waiting"), number(doc.callbacks_waiting));
-    if (previousTrunks && doc.at > previousTrunks.at) {
-      const rate = (doc.callbacks_settled - previousTrunks.callbacks_settled) / (doc.at - previousTrunks.at);
-      setText($("callback-rate"), perSecond(Math.max(0, rate)));
-    }
     previousTrunks = doc;
   }
 

@@ -130,8 +130,14 @@ def run(
     return asyncio.run(go())
 
 
-def stats(sync_redis: fakeredis.FakeRedis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in sync_redis.hgetall(keys.stats()).items()}
+def stats(sync_redis: fakeredis.FakeRedis, trunk: str = "") -> dict[str, int]:
+    """The counters in all (fields without a trunk), or one trunk's (`name:trunk` fields)."""
+    out = {}
+    for field, value in sync_redis.hgetall(keys.stats()).items():
+        name, _, of = field.decode().partition(":")
+        if of == trunk:
+            out[name] = int(value)
+    return out
 
 
 # --- the token, media types and sizes
@@ -385,6 +391,8 @@ def test_a_valid_callback_settles_the_message_once(server, read_events, counts, 
     assert counts(cid) == {"sent": 1}
     assert c is not None and c.done_at is not None
     assert stats(sync_redis) == {"callbacks_applied": 1, "callbacks_duplicate": 1}
+    # Counted for the message's trunk too.
+    assert stats(sync_redis, "default") == {"callbacks_applied": 1, "callbacks_duplicate": 1}
 
 
 def test_a_didww_id_that_is_not_a_uuid_is_found_too(server, read_events, sync_redis) -> None:
@@ -560,10 +568,12 @@ def test_metrics_show_the_ledger_the_trunk_and_the_callbacks(
     assert got[("smsq_backing_off", (("trunk", "default"),))] == backing_off
     assert got[("smsq_queue_depth", (("queue", CAMPAIGN_QUEUE),))] == 0
     assert got[("smsq_queue_depth", (("queue", PRIORITY_QUEUE),))] == 0
-    assert got[("smsq_parked_batches", ())] == 0
+    assert got[("smsq_parked_batches", (("trunk", "default"),))] == 0
     assert 0 <= got[("smsq_oldest_queued_age_seconds", ())] < 60
-    assert got[("smsq_orphan_callbacks_waiting", ())] == 1
-    assert got[("smsq_callback_results", (("result", "orphans_kept"),))] == 1
+    assert got[("smsq_orphan_callbacks_waiting", (("trunk", "default"),))] == 1
+    kept = (("result", "orphans_kept"), ("trunk", "default"))
+    assert got[("smsq_callback_results", kept)] == 1
+    assert got[("smsq_trunk_claimed_per_second", (("trunk", "default"),))] == 0
     # The alert the flag raised.
     assert got[("smsq_events_stream_length", ())] == 1
     labels = (("outcome", "orphan"), ("status", "Success"))

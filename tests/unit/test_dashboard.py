@@ -315,7 +315,15 @@ def test_a_campaign_with_failures_grouped_by_code_and_their_meaning(server, sync
     assert doc["progress"] == round(5 / 6, 4)
     assert doc["callbacks_settled"] == 5
     assert doc["time_left_s"] is None  # nothing posted in the last seconds: no rate
-    assert doc["trunk"] == {"name": "default", "halted": None, "backing_off": None}
+    assert doc["trunk"] == {
+        "name": "default",
+        "halted": None,
+        "backing_off": None,
+        "claimed_per_s": 0.0,
+        "parked_batches": 0,
+        "callbacks_waiting": 0,
+        "callbacks_settled": 0,
+    }
     assert get(server, "/dashboard/api/campaigns/0123456789abcdef").status_code == 404
     assert get(server, "/dashboard/api/campaigns/nope").status_code == 404
 
@@ -371,15 +379,32 @@ def test_failures_are_rescanned_only_when_they_change(make_ledger, sync_redis) -
 def test_trunks_with_the_alert_that_stopped_them(server, sync_redis, monkeypatch) -> None:
     detail = {"detail": "DIDWW answered 401 Unauthorized", "at": 1796211713.5}
     sync_redis.set(keys.halt("default"), json.dumps(detail))
-    sync_redis.zadd(keys.parked(), {"0123456789abcdef|0": 1.0})
-    sync_redis.hset(keys.stats(), mapping={"callbacks_applied": 7, "callbacks_late": 2})
+    cid = write_campaign(sync_redis, 250, batch_size=100)
+    # Two of its batches parked; a member whose campaign is gone is not counted.
+    sync_redis.zadd(keys.parked(), {f"{cid}|0": 1.0, f"{cid}|2": 2.0, "0123456789abcdef|0": 1.0})
+    sync_redis.hset(keys.kept_info(), mapping={"count": 4, "count:default": 3, "count:other": 1})
+    sync_redis.hset(
+        keys.stats(),
+        mapping={
+            "callbacks_applied": 9,
+            "callbacks_applied:default": 7,
+            "callbacks_late:default": 2,
+            "callbacks_applied:other": 2,
+        },
+    )
 
     doc = get(server, "/dashboard/api/trunks").json()
     assert doc["trunks"] == [
-        {"name": "default", "halted": detail, "backing_off": None},
+        {
+            "name": "default",
+            "halted": detail,
+            "backing_off": None,
+            "claimed_per_s": 0.0,
+            "parked_batches": 2,
+            "callbacks_waiting": 3,
+            "callbacks_settled": 9,
+        },
     ]
-    assert doc["parked_batches"] == 1 and doc["callbacks_waiting"] == 0
-    assert doc["callbacks_settled"] == 9
 
 
 def test_the_report_downloads_as_csv(server, sync_redis) -> None:

@@ -221,7 +221,19 @@ def test_two_trunks_keep_their_own_credentials_rates_and_halts(make_stack, tmp_p
     stack.wait_done(a["campaign_id"], timeout_s=60)
     eu_status = stack.status(b_cid)
     assert eu_status["trunk_status"]["halted"] and eu_status["counts"]["queued"] > 0
-    assert not stack.status(a["campaign_id"])["trunk_status"]["halted"]
+    home_status = stack.status(a["campaign_id"])["trunk_status"]
+    assert not home_status["halted"]
+    # Each trunk's figures are its own: the halted trunk's batches wait parked, the other
+    # trunk has none; each trunk counts the callbacks of its own campaigns.
+    stack.wait_for(
+        lambda: stack.status(b_cid)["trunk_status"]["parked_batches"] > 0, "eu's parked batches"
+    )
+    home_status = stack.status(a["campaign_id"])["trunk_status"]
+    eu_trunk = stack.status(b_cid)["trunk_status"]
+    assert home_status["parked_batches"] == 0 and home_status["name"] == "default"
+    settled = ("callbacks_applied", "callbacks_late")
+    assert sum(home_status["stats"].get(name, 0) for name in settled) == 240
+    assert 30 <= sum(eu_trunk["stats"].get(name, 0) for name in settled) < 100
 
     at_home = [m for m in httpx.get(f"{stack.simulator_url}/_sim/messages").json()]
     at_eu = [m for m in httpx.get(f"{eu_url}/_sim/messages").json()]

@@ -348,6 +348,7 @@ for _command in cli_data.COMMANDS:
     main.add_command(_command)
 main.add_command(cli_webhooks.webhook)
 main.add_command(cli_lists.list_campaigns)
+main.add_command(cli_lists.list_trunks)
 
 __all__ = ["main"]
 

@@ -1,5 +1,6 @@
 """`smsq list`: campaigns newest first, filtered and a page at a time, as GET /v1/campaigns
-lists them (docs/api.md "Lists and lookups")."""
+lists them (docs/api.md "Lists and lookups"); `smsq trunks`: each trunk's figures, as GET
+/v1/trunks gives them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import click
 
+from ledger.campaigns import TrunkStatus
 from ledger.errors import InputError
 from ledger.lookups import CAMPAIGN_STATES, MAX_LIMIT, CampaignFilter, Page
 from ledger.store import Ledger
@@ -94,6 +96,34 @@ def list_campaigns(
     _table(page.items)
     if page.next_cursor is not None:
         click.echo(f"more: smsq list --cursor {page.next_cursor} (with the same filters)")
+
+
+@click.command("trunks")
+@click.option("--json", "as_json", is_flag=True, help='Print {"trunks": [...]}.')
+def list_trunks(as_json: bool) -> None:
+    """Every configured trunk with its own figures: halted or backing off and why, units
+    claimed in the last second, its campaigns' parked batches, the callbacks its token
+    brought that wait for their message, and its callback counters."""
+    errors_as_json(as_json)
+    settings = load()
+
+    async def work(ledger: Ledger) -> list[TrunkStatus]:
+        return await ledger.trunk_statuses(list(settings.trunks()))
+
+    trunks = run(settings, work)
+    if as_json:
+        click.echo(json.dumps({"trunks": [t.as_dict() for t in trunks]}, ensure_ascii=False))
+        return
+    click.echo(f"{'trunk':<16} {'sending':<12} {'claimed/s':>9} {'parked':>7} {'waiting':>8}")
+    for t in trunks:
+        sending = "HALTED" if t.halted else "backing off" if t.backoff else "ok"
+        click.echo(
+            f"{t.name:<16} {sending:<12} {t.claimed_per_s:>9.1f} {t.parked_batches:>7}"
+            f" {t.orphans_waiting:>8}"
+        )
+        why = t.as_dict()["halted_why"] or t.as_dict()["backoff_why"]
+        if why:
+            click.echo(f"  {why}")
 
 
 def _table(rows: list[dict[str, Any]]) -> None:

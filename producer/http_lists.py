@@ -1,6 +1,7 @@
-"""Lists and lookups through the HTTP API (as `smsq list`): campaigns newest first, filtered and
-paged by a cursor; one message by its id; a page of a campaign's messages (docs/api.md "Lists
-and lookups"). producer/http.py adds ENDPOINTS to its route table and PATH_PARAMETERS to its own.
+"""Lists and lookups through the HTTP API (as `smsq list` and `smsq trunks`): campaigns newest
+first, filtered and paged by a cursor; one message by its id; a page of a campaign's messages;
+every trunk's figures (docs/api.md "Lists and lookups"). producer/http.py adds ENDPOINTS to its
+route table and PATH_PARAMETERS to its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ledger.states import State
 from producer import problems
 from producer import report as reports
 from producer.http_common import Api, ApiError, read_query, refused, reply
-from producer.http_models import MessageRow, ReportQuery
+from producer.http_models import MessageRow, ReportQuery, TrunkList
 from producer.http_openapi import Endpoint, json_answer
 
 # A page's size when the request names none: a few tens of KB of JSON.
@@ -204,6 +205,12 @@ async def get_message(request: Request, api: Api) -> Response:
     return reply(MessageFound, {**row, "campaign_id": c.id})
 
 
+async def get_trunks(request: Request, api: Api) -> Response:
+    """GET /v1/trunks: each configured trunk's own figures."""
+    trunks = await api.ledger.trunk_statuses(list(api.ledger.settings.trunks()))
+    return reply(TrunkList, {"trunks": [t.as_dict() for t in trunks]})
+
+
 async def message_page(
     api: Api, c: Campaign, query: MessagesQuery, states: frozenset[State] | None
 ) -> Response:
@@ -237,6 +244,14 @@ ENDPOINTS: list[Endpoint] = [
         {200: json_answer(CampaignList, "a page of campaigns and the next page's link")},
         query=CampaignsQuery,
         problems=(*_PAGE, "invalid_filter"),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/trunks",
+        get_trunks,
+        "Every trunk with its own figures: halts, backoff, claim rate, parked batches, "
+        "kept callbacks, counters",
+        {200: json_answer(TrunkList, "the trunks")},
     ),
     Endpoint(
         "GET",

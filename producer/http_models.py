@@ -348,6 +348,12 @@ class TrunkStatus(_Response):
     stats: dict[str, int] = Field(description="this trunk's callback and claim counters")
 
 
+class TrunkList(_Response):
+    """GET /v1/trunks: every configured trunk, in the order SMSQ_TRUNKS names them."""
+
+    trunks: list[TrunkStatus]
+
+
 class StatusWindow(_Response):
     window: str
     waiting: int = Field(description="recipients whose window is closed now")

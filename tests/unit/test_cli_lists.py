@@ -13,6 +13,7 @@ import fakeredis
 import fakeredis.aioredis
 import pytest
 from smsq_testing import write_campaign
+from test_http_lists import trunk_figures
 
 from ledger import keys
 from ledger.states import CampaignState
@@ -117,3 +118,22 @@ def test_refused_options_exit_2_with_one_line_or_the_problem_object(
     assert as_json.exit_code == 2
     body = json.loads(as_json.stdout)
     assert body["code"] == code and says in body["detail"]
+
+
+def test_trunks_print_each_trunks_own_figures(smsq, sync_redis) -> None:
+    trunk_figures(sync_redis)
+    sync_redis.set(keys.halt("default"), json.dumps({"detail": "DIDWW answered 401", "at": 1.0}))
+    result = smsq("trunks")
+    assert result.exit_code == 0, result.output
+    head, row, why = result.output.splitlines()
+    assert head.split() == ["trunk", "sending", "claimed/s", "parked", "waiting"]
+    assert row.split() == ["default", "HALTED", "5.0", "2", "2"]
+    assert why.strip() == "DIDWW answered 401"
+    as_json = smsq("trunks", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    [trunk] = json.loads(as_json.output)["trunks"]
+    assert (trunk["name"], trunk["parked_batches"], trunk["stats"]) == (
+        "default",
+        2,
+        {"callbacks_applied": 10},
+    )

@@ -226,3 +226,40 @@ def test_answers_conform_to_the_documented_schemas(server, sync_redis) -> None:
         schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
         Draft202012Validator(schema).validate(response.json())
     assert listed.json()["next"] is not None and page.json()["next"] is not None
+
+
+def trunk_figures(sync_redis: fakeredis.FakeRedis) -> str:
+    """A campaign on the trunk `default` with two batches parked, two kept callbacks its token
+    brought, its counters, and claims in the last second (5 units) and before (7 units)."""
+    cid = write_campaign(sync_redis, 250, batch_size=100)
+    sync_redis.zadd(keys.parked(), {f"{cid}|0": 1.0, f"{cid}|1": 5.0})
+    sync_redis.hset(keys.kept_info(), mapping={"count": 3, "count:default": 2, "count:eu": 1})
+    sync_redis.hset(
+        keys.stats(),
+        mapping={"callbacks_applied": 12, "callbacks_applied:default": 10, "orphans_kept:eu": 1},
+    )
+    seconds, micros = sync_redis.time()
+    now_us = seconds * 1_000_000 + micros
+    sync_redis.lpush(keys.rate_window("default"), f"{now_us - 2_000_000} 7", f"{now_us - 1000} 5")
+    return cid
+
+
+def test_trunks_give_each_trunk_its_own_figures(server, sync_redis) -> None:
+    trunk_figures(sync_redis)
+    [response] = get(server, "/v1/trunks")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "trunks": [
+            {
+                "name": "default",
+                "halted": False,
+                "halted_why": None,
+                "backing_off": False,
+                "backoff_why": None,
+                "parked_batches": 2,
+                "orphan_callbacks_waiting": 2,
+                "claimed_per_s": 5.0,
+                "stats": {"callbacks_applied": 10},
+            }
+        ]
+    }

@@ -19,6 +19,16 @@ BUCKETS_PER_CALL = 64
 class Retention(LedgerCore):
     """Part of ledger.store.Ledger."""
 
+    async def trim_events(self, retention_s: float) -> int:
+        """Trim the events stream of entries older than retention_s (their ids are the times
+        they were written, in ms); the count cap (SMSQ_EVENTS_MAXLEN) is kept by every XADD.
+        Exact, not `~`: trimming a whole listpack node only would keep up to 100 old entries
+        of a quiet stream for ever. Returns how many went."""
+        oldest_ms = int((time.time() - retention_s) * 1000)
+        return int(
+            await self.redis.xtrim(self.stream, minid=f"{oldest_ms}-0", approximate=False)
+        )
+
     async def due_purges(self, retention_s: float, limit: int = 10) -> list[str]:
         """Campaigns done longer than retention_s ago."""
         top = time.time() - retention_s

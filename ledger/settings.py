@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     events_stream: str = Field("smsq:events", min_length=1)
     # Approximate cap on the events stream; consumers must read faster than this fills.
     events_maxlen: int = Field(1_000_000, ge=1000)
+    # Events older than this are trimmed too (the supervisors, every HOUSEKEEPING_S): a quiet
+    # system keeps a day of events, not a million of them for months.
+    events_retention_s: int = Field(86_400, ge=60)
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=1000)
     # SMSQ_CONCURRENCY is its name before the sending engine adapted what is in flight.
     max_in_flight: int = Field(

@@ -132,6 +132,11 @@ class Supervisor:
         unconfirmed = await ledger.unconfirm(self.settings.callback_timeout_s)
         if unconfirmed:
             log.warning("messages_unconfirmed", messages=unconfirmed)
+        trimmed = await ledger.trim_events(self.settings.events_retention_s)
+        if trimmed:
+            log.info(
+                "events_trimmed", events=trimmed, older_than_s=self.settings.events_retention_s
+            )
         for cid in await ledger.due_purges(self.settings.retention_s):
             if await ledger.purge(cid):
                 log.info("campaign_purged", campaign_id=cid)

@@ -160,6 +160,7 @@ class HotPath(LedgerCore):
                     keys.backoff(trunk),
                     keys.urgent(trunk),
                     self.stream,
+                    keys.rates(trunk),
                 ],
                 args,
             )

@@ -57,6 +57,9 @@ Trunks (one set per configured trunk; the single-trunk settings are the trunk ``
 - ``smsq:trunk:{t}:rate``            hash: ``tat`` the next free send slot (us), ``sum`` units in
                                       the window list
 - ``smsq:trunk:{t}:window``          list: ``time_us units`` of the claims in the last window
+- ``smsq:trunk:{t}:rates``           string: the last hour second by second, RATES_RING_S slots of
+                                      8 bytes: the second, messages claimed, callbacks settled
+                                      (ledger/trunks.py); 28,800 bytes
 - ``smsq:trunk:{t}:urgent``          list: ``cid|batch|index`` of priority messages, taken ahead
                                       of campaign messages by every worker that claims
 
@@ -215,6 +218,14 @@ def rate(trunk_name: str) -> str:
 
 def rate_window(trunk_name: str) -> str:
     return trunk(trunk_name, "window")
+
+
+# Seconds a trunk's rates ring keeps (the dashboard's last hour).
+RATES_RING_S = 3600
+
+
+def rates(trunk_name: str) -> str:
+    return trunk(trunk_name, "rates")
 
 
 def urgent(trunk_name: str) -> str:

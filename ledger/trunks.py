@@ -5,7 +5,9 @@ unavailable), the probe turn that lifts them, and what a trunk's status shows.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ledger import events, keys
 from ledger.campaigns import TrunkStatus
@@ -80,6 +82,17 @@ class TrunkFlags(LedgerCore):
         `parked`: parked_by_trunk() when the caller read it already (for several trunks)."""
         return (await self.trunk_statuses([trunk], parked))[0]
 
+    async def trunk_rates(self, trunk: str, since: int = 0) -> Rates:
+        """The trunk's whole seconds after `since` (Unix s) within the last hour, up to the
+        one before now on Redis's clock (the current second is not over)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.get(keys.rates(trunk))
+            (now, _), ring = await pipe.execute()
+        end = int(now)
+        start = max(end - keys.RATES_RING_S + 1, since + 1)
+        return decode_rates(ring or b"", min(start, end), end)
+
     async def trunk_statuses(
         self, trunks: Sequence[str], parked: dict[str, int] | None = None
     ) -> list[TrunkStatus]:
@@ -112,6 +125,34 @@ class TrunkFlags(LedgerCore):
                 )
             )
         return out
+
+
+# A slot of a trunk's rates ring (keys.rates; written by rates_add in ledger/lua/_common.lua):
+# the second, messages claimed in it, callbacks settled in it; big-endian.
+RATES_SLOT = struct.Struct(">IHH")
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """A trunk's seconds from `start` to `end` (exclusive), each with the messages claimed and
+    the callbacks settled in it (0 for a second nothing happened in)."""
+
+    start: int
+    end: int
+    claimed: list[int]
+    callbacks: list[int]
+
+
+def decode_rates(ring: bytes, start: int, end: int) -> Rates:
+    """The seconds [start, end) of a rates ring as read (slots of other seconds are stale)."""
+    claimed, callbacks = [0] * (end - start), [0] * (end - start)
+    for second, n_claimed, n_callbacks in RATES_SLOT.iter_unpack(
+        ring[: len(ring) - len(ring) % RATES_SLOT.size]
+    ):
+        if start <= second < end:
+            claimed[second - start] = n_claimed
+            callbacks[second - start] = n_callbacks
+    return Rates(start, end, claimed, callbacks)
 
 
 def per_trunk(raw: dict[bytes, bytes]) -> dict[str, dict[str, int]]:

@@ -13,6 +13,11 @@ local function refs_key(cid, b) return P .. 'campaign:' .. cid .. ':refs:' .. b 
 local function rawids_key(cid) return P .. 'campaign:' .. cid .. ':rawids' end
 local function posted_key(cid) return P .. 'campaign:' .. cid .. ':posted' end
 local POSTED_RING = 16  -- keys.POSTED_RING_S
+-- A trunk's last hour, second by second (ledger/trunks.py reads it; the dashboard's chart):
+-- a string of RATES_RING slots of RATES_SLOT bytes, slot `second % RATES_RING`: the second
+-- (u32), messages claimed in it (u16), callbacks settled in it (u16); 28,800 bytes a trunk.
+local RATES_RING, RATES_SLOT = 3600, 8  -- keys.RATES_RING_S, trunks.RATES_SLOT
+local function rates_key(trunk) return P .. 'trunk:' .. trunk .. ':rates' end
 local function unknown_by_pair(src, dst) return P .. 'unknown:' .. src .. ':' .. dst end
 local function sending_by_pair(src, dst) return P .. 'sending:' .. src .. ':' .. dst end
 
@@ -119,6 +124,18 @@ end
 local function stat(name, trunk, n)
   redis.call('HINCRBY', STATS, name, n or 1)
   if trunk ~= '' then redis.call('HINCRBY', STATS, name .. ':' .. trunk, n or 1) end
+end
+
+-- Count `claimed` messages and `callbacks` settled in second `now_s` in a trunk's ring (`key`,
+-- its rates_key); a slot last written in another second starts again.
+local function rates_add(key, now_s, claimed, callbacks)
+  local off = (now_s % RATES_RING) * RATES_SLOT
+  local slot = redis.call('GETRANGE', key, off, off + RATES_SLOT - 1)
+  if #slot == RATES_SLOT and be(slot, 1, 4) == now_s then
+    claimed, callbacks = claimed + be(slot, 5, 2), callbacks + be(slot, 7, 2)
+  end
+  redis.call('SETRANGE', key, off, tobe(now_s, 4) .. tobe(math.min(claimed, 65535), 2)
+    .. tobe(math.min(callbacks, 65535), 2))
 end
 
 local function maybe_done(cid, now_s)

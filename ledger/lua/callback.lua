@@ -80,5 +80,6 @@ if late then
 end
 publish_as(KEYS[1], ARGV[3], ARGV[2], ARGV[1], extra)
 stat(late and 'callbacks_late' or 'callbacks_applied', trunk)
+rates_add(rates_key(trunk), now_s, 0, 1)
 maybe_done(cid, now_s)
 return {late and 'late' or 'applied', cid .. '-' .. index}

@@ -12,7 +12,7 @@
 -- take the slots first.
 --
 -- KEYS[1] rate hash   KEYS[2] window list   KEYS[3] halt flag   KEYS[4] backoff flag
--- KEYS[5] urgent lane   KEYS[6] events stream
+-- KEYS[5] urgent lane   KEYS[6] events stream   KEYS[7] the trunk's rates ring
 -- ARGV[1] owner number (the caller offers only indexes it does not have in flight)
 -- ARGV[2] interval (us per unit)   ARGV[3] units per window
 -- ARGV[4] window (us)   ARGV[5] catch-up (us)   ARGV[6] units reserved earlier, due now
@@ -254,6 +254,8 @@ for cid, c in pairs(camps) do
     end
   end
 end
+
+if nclaimed > 0 then rates_add(KEYS[7], now_s, nclaimed, 0) end
 
 -- Due units left over: kept by the caller when the cap was full; otherwise given back, so
 -- the next caller can use them.

@@ -92,6 +92,7 @@ for _ = 1, tonumber(ARGV[3]) do
         publish(stream, maxlen, cjson.encode(e))
         kept_forget(a, o.trunk)
         stat('orphans_joined', trunks[cid])
+        rates_add(rates_key(trunks[cid]), now_s, 0, 1)
         final = o.state
         maybe_done(cid, now_s)
       else

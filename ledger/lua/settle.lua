@@ -77,6 +77,7 @@ for _, entry in ipairs(due) do
         event['reference'] = reference_of(h[2], cid, b, index)
         publish(ARGV[3], ARGV[4], cjson.encode(event))
         stat('callbacks_matched', h[3] or 'default')
+        rates_add(rates_key(h[3] or 'default'), now, 0, 1)
         redis.call('ZREM', ukey, found)
         kept_forget(idkey, kept.trunk)
         redis.call('XDEL', KEPT, entry[1])

@@ -273,6 +273,26 @@ class Dashboard:
     async def trunks(self, request: Request, api: Api) -> Response:
         return JSONResponse(await data.trunks(api.ledger))
 
+    async def rates(self, request: Request, api: Api) -> Response:
+        """A trunk's claims and callbacks per second over the last hour, from the server's
+        ring, so the chart is full on first view; `since` (Unix s): only the seconds after."""
+        name = str(request.path_params["name"])
+        if name not in api.ledger.settings.trunks():
+            raise ApiError(404, f"no trunk {name!r}")
+        since = request.query_params.get("since", "0")
+        if not since.isdigit():
+            raise ApiError(400, "since must be a Unix time in whole seconds")
+        found = await api.ledger.trunk_rates(name, int(since))
+        return JSONResponse(
+            {
+                "trunk": name,
+                "start": found.start,
+                "end": found.end,
+                "claimed": found.claimed,
+                "callbacks": found.callbacks,
+            }
+        )
+
     async def report(self, request: Request, api: Api) -> Response:
         """The per-recipient report as a CSV download, every message: what
         GET /v1/campaigns/{id}/messages?format=csv streams."""
@@ -304,5 +324,6 @@ def routes(token: bytes) -> list[Route]:
         (f"{api}/resume", "POST", d.api(control.resume_campaign, changes=True)),
         (f"{api}/cancel", "POST", d.api(control.cancel_campaign, changes=True)),
         ("/dashboard/api/trunks", "GET", d.api(d.trunks)),
+        ("/dashboard/api/trunks/{name}/rates", "GET", d.api(d.rates)),
     ]
     return [Route(path, endpoint, methods=[method]) for path, method, endpoint in found]

@@ -5,8 +5,9 @@
 (() => {
   // Fast enough to watch a campaign move, slow enough to cost Redis nothing.
   const POLL_MS = 2000;
-  // Two minutes of samples in the chart.
-  const CHART_POINTS = 60;
+  // The chart: the campaign's trunk's last hour (the server's rates ring), in 10 s buckets.
+  const HOUR_S = 3600;
+  const BUCKET_S = 10;
   const STATES = ["queued", "sending", "accepted", "sent", "failed", "rejected", "expired",
     "unknown", "unconfirmed", "cancelled", "suppressed"];
   const COLUMNS = [...document.querySelectorAll("table.campaigns thead th")].map((th) => th.textContent);
@@ -19,7 +20,8 @@
   let running = false;
   let again = false;
   let loaded = false;
-  let samples = [];
+  // The trunk's seconds shown: {trunk, start, end, claimed: [...], callbacks: [...]}.
+  let rates = null;
   let previous = null;
   let previousTrunks = null;
 
@@ -309,11 +311,28 @@
     let callbacks = null;
     if (previous && previous.status.campaign_id === s.campaign_id && doc.at > previous.at) {
       callbacks = Math.max(0, (doc.callbacks_settled - previous.callbacks_settled) / (doc.at - previous.at));
-      samples.push({ posted: s.rate_per_s, callbacks });
-      if (samples.length > CHART_POINTS) samples.shift();
     }
     previous = doc;
     setText($("c-callbacks"), callbacks === null ? "–" : perSecond(callbacks));
+  }
+
+  // The trunk's seconds since the last ones shown (the whole hour at first), kept to an hour.
+  async function refreshRates(g, trunk) {
+    const known = rates && rates.trunk === trunk ? rates : null;
+    const since = known ? known.end - 1 : 0;
+    const doc = await getJson(`/dashboard/api/trunks/${encodeURIComponent(trunk)}/rates?since=${since}`);
+    if (g !== generation) return;
+    if (known && doc.start === known.end) {
+      known.claimed.push(...doc.claimed);
+      known.callbacks.push(...doc.callbacks);
+      known.end = doc.end;
+      const drop = Math.max(0, known.end - known.start - HOUR_S);
+      known.claimed.splice(0, drop);
+      known.callbacks.splice(0, drop);
+      known.start += drop;
+    } else {
+      rates = doc;
+    }
     drawChart();
   }
 
@@ -321,6 +340,24 @@
     const doc = await getJson(`/dashboard/api/campaigns/${encodeURIComponent(cid)}`);
     if (g !== generation) return;
     renderCampaign(doc);
+    await refreshRates(g, doc.trunk.name);
+  }
+
+  // Per-second averages over BUCKET_S seconds, ending with the last whole bucket.
+  function buckets() {
+    if (!rates) return [];
+    const out = [];
+    const n = rates.claimed.length;
+    for (let end = n; end - BUCKET_S >= 0; end -= BUCKET_S) {
+      let claimed = 0;
+      let callbacks = 0;
+      for (let i = end - BUCKET_S; i < end; i += 1) {
+        claimed += rates.claimed[i];
+        callbacks += rates.callbacks[i];
+      }
+      out.unshift({ at: rates.start + end, posted: claimed / BUCKET_S, callbacks: callbacks / BUCKET_S });
+    }
+    return out;
   }
 
   // --- the chart: two polylines in an SVG, drawn by hand ------------------------------------
@@ -347,8 +384,10 @@
     const height = Math.max(160, Math.round(box.height) || 220);
     chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
     const PLOT = { left: 44, right: width - 12, top: 12, bottom: height - 26 };
+    const samples = buckets();
     const top = niceMax(Math.max(1, ...samples.map((p) => Math.max(p.posted, p.callbacks))));
-    const x = (i) => PLOT.left + (PLOT.right - PLOT.left) * (i + CHART_POINTS - samples.length) / (CHART_POINTS - 1);
+    const end = rates ? rates.end : 0;
+    const x = (i) => PLOT.left + (PLOT.right - PLOT.left) * (1 - (end - samples[i].at) / HOUR_S);
     const y = (v) => PLOT.bottom - (PLOT.bottom - PLOT.top) * (v / top);
     const parts = [];
     for (const v of [0, top / 2, top]) {
@@ -356,7 +395,7 @@
       parts.push(svg("text", { x: PLOT.left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" },
         Number.isInteger(v) ? String(v) : v.toFixed(1)));
     }
-    parts.push(svg("text", { x: PLOT.left, y: height - 6, class: "tick" }, "2 min ago"));
+    parts.push(svg("text", { x: PLOT.left, y: height - 6, class: "tick" }, "1 h ago"));
     parts.push(svg("text", { x: PLOT.right, y: height - 6, class: "tick", "text-anchor": "end" }, "now"));
     for (const series of ["posted", "callbacks"]) {
       if (!samples.length) break;
@@ -367,9 +406,10 @@
     }
     chart.replaceChildren(...parts);
     const last = samples[samples.length - 1];
+    const trunk = rates ? rates.trunk : "";
     setText($("chart-caption"), last
-      ? `Per second, over the last two minutes. Now ${perSecond(last.posted)} posted, ${perSecond(last.callbacks)} callbacks.`
-      : "Per second, over the last two minutes. Collecting the first samples…");
+      ? `Trunk ${trunk}, per second over the last hour (10 s averages): messages claimed and callbacks settled. Last 10 s: ${perSecond(last.posted)} claimed, ${perSecond(last.callbacks)} callbacks.`
+      : "Per second over the last hour: loading…");
   }
 
   // --- buttons -----------------------------------------------------------------------------
@@ -417,7 +457,6 @@
     });
     if (changed) {
       generation += 1;
-      samples = [];
       previous = null;
       setText($("action-result"), "");
       if (view.name === "campaign") {

@@ -173,12 +173,24 @@ def test_the_dashboard_in_chromium(make_stack, request, browser, tmp_path: Path)
     expect(state).to_have_text("active")
     assert _redis_state(stack, controlled) == "active"
     expect(page.locator("#c-rate")).not_to_have_text("0.0/s")
-    # Enough samples in the chart for the screenshot (one per poll, every two seconds).
-    expect(page.locator("#chart polyline")).to_have_count(2)
-    page.wait_for_function(
-        "() => document.querySelector('#chart polyline').points.numberOfItems >= 8",
-        timeout=EXPECT_MS,
+    # The chart is the trunk's last hour from the server, full on first view: a page opened
+    # now shows the minutes already sent (10 s buckets: 359 of them), claims and callbacks.
+    fresh = context.new_page()
+    fresh.on("pageerror", lambda exc: errors.append(str(exc)))
+    fresh.goto(f"{url}#/campaigns/{controlled}")
+    expect(fresh.locator("#chart polyline")).to_have_count(2)
+    expect(fresh.locator("#chart-caption")).to_contain_text("Trunk default")
+    drawn = fresh.evaluate(
+        """() => [...document.querySelectorAll('#chart polyline')].map((line) => {
+             const ys = [...line.points].map((p) => p.y);
+             return { points: ys.length, lowest: Math.min(...ys), baseline: Math.max(...ys) };
+           })"""
     )
+    assert all(line["points"] >= 300 for line in drawn), drawn
+    # Both lines rise above their baseline somewhere: the minutes sent are in it.
+    assert all(line["lowest"] < line["baseline"] for line in drawn), drawn
+    fresh.close()
+    expect(page.locator("#chart polyline")).to_have_count(2)
     page.screenshot(path=tmp_path / "campaign-active.png", full_page=True)
     for size, name in ((PHONE, "campaign-phone.png"), (WIDE, "campaign-wide.png")):
         page.set_viewport_size(size)

@@ -22,6 +22,7 @@ from test_http_campaigns import set_records
 from ledger import keys
 from ledger.states import CampaignState, State
 from ledger.store import Ledger
+from ledger.trunks import RATES_SLOT
 from producer import dashboard, dashboard_data
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
@@ -463,3 +464,21 @@ def test_assets_are_served_and_nothing_else(server) -> None:
     assert found["favicon.svg"].headers["content-type"] == "image/svg+xml"
     assert found["login.html"].status_code == 404
     assert found["..%2Fhttp.py"].status_code == 404
+
+
+def test_a_trunks_rates_are_its_last_hour_from_the_server(server, sync_redis) -> None:
+    seconds, _ = sync_redis.time()
+    ring = bytearray(keys.RATES_RING_S * RATES_SLOT.size)
+    off = ((seconds - 30) % keys.RATES_RING_S) * RATES_SLOT.size
+    ring[off : off + RATES_SLOT.size] = RATES_SLOT.pack(seconds - 30, 12, 5)
+    sync_redis.set(keys.rates("default"), bytes(ring))
+
+    doc = get(server, "/dashboard/api/trunks/default/rates").json()
+    assert doc["trunk"] == "default" and doc["end"] - doc["start"] == keys.RATES_RING_S - 1
+    assert len(doc["claimed"]) == len(doc["callbacks"]) == keys.RATES_RING_S - 1
+    assert (sum(doc["claimed"]), sum(doc["callbacks"])) == (12, 5)
+    assert doc["claimed"][seconds - 30 - doc["start"]] == 12
+    later = get(server, f"/dashboard/api/trunks/default/rates?since={seconds - 30}").json()
+    assert later["start"] == seconds - 29 and sum(later["claimed"]) == 0
+    assert get(server, "/dashboard/api/trunks/nope/rates").status_code == 404
+    assert get(server, "/dashboard/api/trunks/default/rates?since=-1").status_code == 400

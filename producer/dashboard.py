@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import html
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -33,6 +35,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from ledger import keys
 from ledger.states import ALL_STATES
 from producer import dashboard_data as data
 from producer import http_control as control
@@ -74,6 +77,11 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
 }
+# The order of a campaign's counts, as producer/static/dashboard.js lists them.
+STATES = (
+    "queued", "sending", "accepted", "sent", "failed", "rejected", "expired", "unknown",
+    "unconfirmed", "cancelled", "suppressed",
+)  # fmt: skip
 # Retry-After of a 503, as the /v1/ API answers it.
 RETRY_AFTER_S = 5
 
@@ -83,12 +91,26 @@ def _static(name: str) -> str:
     return resources.files("producer").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def _render(name: str, **values: str) -> str:
-    """A page from producer/static/ with each {{name}} replaced by its value, escaped."""
-    page = _static(name)
-    for key, value in values.items():
-        page = page.replace("{{" + key + "}}", html.escape(value))
-    return page
+def _when(ts: float | None) -> str:
+    """A Unix time as the pages show it without JavaScript (UTC, to the second)."""
+    if not ts:
+        return "\u2013"  # an en dash, as the script shows "no value"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# The page templates under producer/static/ (Jinja2, every value escaped): rendered with the
+# data the JSON endpoints give, so the pages show campaigns and counts without JavaScript.
+_PAGES = Environment(
+    loader=PackageLoader("producer", "static"), autoescape=True, undefined=StrictUndefined
+)
+_PAGES.filters.update(
+    when=_when, number=lambda n: f"{int(n):,}", per_s=lambda n: f"{float(n):.1f}/s"
+)
+
+
+def _render(name: str, **values: Any) -> str:
+    """A page template from producer/static/ with these values."""
+    return _PAGES.get_template(name).render(**values)
 
 
 def _secured(response: Response) -> Response:
@@ -199,11 +221,62 @@ class Dashboard:
         return response
 
     async def page(self, request: Request) -> Response:
-        """GET /: the dashboard when signed in, else the sign-in form."""
+        """GET /: the dashboard when signed in, else the sign-in form. The campaigns and the
+        trunks are in the page as sent (the script keeps them up to date)."""
         sid = self._sid(request)
         if sid is None:
             return self._login_page(request)
-        return _secured(HTMLResponse(_render("dashboard.html", csrf=self.sessions.csrf(sid))))
+        ledger = request.app.state.api.ledger
+        try:
+            campaigns = (await data.campaigns(ledger))["campaigns"]
+            trunks = (await data.trunks(ledger))["trunks"]
+        except RedisError as exc:
+            # The page still loads; its script says Redis is unavailable as it polls.
+            log.error("dashboard_page_redis_unavailable", error=str(exc))
+            campaigns = trunks = None
+        return self._dashboard(sid, "overview", "Campaigns", campaigns=campaigns, trunks=trunks)
+
+    async def campaign_page(self, request: Request) -> Response:
+        """GET /campaigns/{cid}: a campaign's page, its figures and counts in it as sent."""
+        sid = self._sid(request)
+        if sid is None:
+            return _secured(RedirectResponse("/", status_code=303))
+        cid = str(request.path_params["cid"])
+        ledger = request.app.state.api.ledger
+        try:
+            known = keys.CAMPAIGN_ID.fullmatch(cid)
+            found = await data.campaign(ledger, cid, self.failures) if known else None
+        except RedisError as exc:
+            log.error("dashboard_page_redis_unavailable", error=str(exc))
+            return self._dashboard(sid, "campaign", "Campaign", status=503)
+        if found is None:
+            return self._dashboard(sid, "overview", "Campaigns", status=404)
+        title = found["status"]["name"] or "(no name)"
+        return self._dashboard(sid, "campaign", title, campaign=found)
+
+    def _dashboard(
+        self,
+        sid: str,
+        view: str,
+        title: str,
+        *,
+        status: int = 200,
+        campaigns: list[dict[str, Any]] | None = None,
+        trunks: list[dict[str, Any]] | None = None,
+        campaign: dict[str, Any] | None = None,
+    ) -> Response:
+        page = _render(
+            "dashboard.html",
+            csrf=self.sessions.csrf(sid),
+            view=view,
+            title=title,
+            at=time.time(),
+            campaigns=campaigns,
+            trunks=trunks,
+            campaign=campaign,
+            states=STATES,
+        )
+        return _secured(HTMLResponse(page, status_code=status))
 
     async def login(self, request: Request) -> Response:
         form = await _form(request)
@@ -314,6 +387,7 @@ def routes(token: bytes) -> list[Route]:
     api = "/dashboard/api/campaigns/{cid}"
     found: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
         ("/", "GET", d.page),
+        ("/campaigns/{cid}", "GET", d.campaign_page),
         ("/login", "POST", d.login),
         ("/logout", "POST", d.logout),
         ("/dashboard/static/{name}", "GET", d.asset),

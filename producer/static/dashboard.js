@@ -443,7 +443,9 @@
 
   // --- views and polling -------------------------------------------------------------------
   function route() {
-    const match = window.location.hash.match(/^#\/campaigns\/([0-9a-f]{16})$/);
+    // A campaign's page is /campaigns/{id} as the server sends it, #/campaigns/{id} after.
+    const match = window.location.hash.match(/^#\/campaigns\/([0-9a-f]{16})$/)
+      || (!window.location.hash && window.location.pathname.match(/^\/campaigns\/([0-9a-f]{16})$/));
     const next = match ? { name: "campaign", cid: match[1] } : { name: "overview", cid: "" };
     const trunks = window.location.hash === "#/trunks";
     const changed = next.name !== view.name || next.cid !== view.cid;

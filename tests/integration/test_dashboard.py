@@ -177,7 +177,7 @@ def test_the_dashboard_in_chromium(make_stack, request, browser, tmp_path: Path)
     # now shows the minutes already sent (10 s buckets: 359 of them), claims and callbacks.
     fresh = context.new_page()
     fresh.on("pageerror", lambda exc: errors.append(str(exc)))
-    fresh.goto(f"{url}#/campaigns/{controlled}")
+    fresh.goto(f"{url}/campaigns/{controlled}")
     expect(fresh.locator("#chart polyline")).to_have_count(2)
     expect(fresh.locator("#chart-caption")).to_contain_text("Trunk default")
     drawn = fresh.evaluate(
@@ -230,3 +230,46 @@ def test_the_dashboard_in_chromium(make_stack, request, browser, tmp_path: Path)
     assert "dashboard_login" in proc.log() and "campaign_paused" in proc.log()
     if os.environ.get("SMSQ_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(tmp_path / "campaign-active.png", README_SCREENSHOT)
+
+
+@pytest.mark.timeout(180)
+def test_the_dashboard_without_javascript(make_stack, request, browser, tmp_path: Path) -> None:
+    """With JavaScript off the pages are what the server sent: the campaigns list, a
+    campaign's figures and counts, the trunks; every link is a page of its own."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_MS)
+    stack = make_stack(rate_per_s=50, appendonly=True)
+    stack.start_callbacks()
+    stack.start_simulator("--callback-delay-ms", "20")
+    stack.start_worker("one")
+    proc, api, url = start_api(stack, request)
+    cid = _create(api, "quiet-launch", 40, 0)
+    status = wait_status(api, cid, lambda s: bool(s["done"]))
+
+    context = browser.new_context(viewport=DESKTOP, java_script_enabled=False)
+    request.addfinalizer(context.close)
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_label("API token").fill(API_TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    rows = page.locator("#campaign-rows tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("quiet-launch")
+    expect(rows.first).to_contain_text("done")
+    expect(page.locator("#trunk-rows")).to_contain_text("default")
+    expect(page.locator("#connection")).to_contain_text("reload the page")
+    page.screenshot(path=tmp_path / "overview-no-js.png", full_page=True)
+
+    page.get_by_role("link", name="quiet-launch").click()
+    expect(page).to_have_url(f"{url}/campaigns/{cid}")
+    expect(page.get_by_role("heading", name="quiet-launch")).to_be_visible()
+    expect(page.locator("#c-state")).to_have_text("done")
+    counts = status["counts"]
+    for state in ("sent", "failed", "queued"):
+        row = page.locator("#count-rows tr", has=page.get_by_role("rowheader", name=state))
+        expect(row).to_contain_text(str(counts[state]))
+    page.screenshot(path=tmp_path / "campaign-no-js.png", full_page=True)
+    page.get_by_role("link", name="← All campaigns").click()
+    expect(rows).to_have_count(1)
+    proc.stop()

@@ -437,10 +437,39 @@ class _Links(HTMLParser):
         self.urls += [v for k, v in attrs if k in ("src", "href", "action") and v]
 
 
+# What each page template is rendered with (producer/dashboard.py): a campaign's page, every
+# link of which is in it, and the sign-in form.
+PAGE_VALUES: dict[str, dict[str, Any]] = {
+    "dashboard.html": {
+        "csrf": "c",
+        "view": "campaign",
+        "title": "t",
+        "at": 1.0,
+        "campaigns": [],
+        "trunks": [],
+        "campaign": {
+            "status": {
+                "campaign_id": "0123456789abcdef",
+                "name": "n",
+                "state": "active",
+                "trunk": "default",
+                "created_at": 1.0,
+                "total": 2,
+                "rate_per_s": 0.0,
+                "counts": {"queued": 2},
+            },
+            "progress": 0.0,
+        },
+        "states": dashboard.STATES,
+    },
+    "login.html": {"csrf": "c", "message": "", "hidden": "hidden"},
+}
+
+
 @pytest.mark.parametrize("page", ["dashboard.html", "login.html"])
 def test_pages_load_nothing_from_elsewhere(page: str) -> None:
     parser = _Links()
-    parser.feed(dashboard._static(page))
+    parser.feed(dashboard._render(page, **PAGE_VALUES[page]))
     assert parser.urls
     for url in parser.urls:
         assert url.startswith(("/", "#")) and not url.startswith("//"), url
@@ -482,3 +511,46 @@ def test_a_trunks_rates_are_its_last_hour_from_the_server(server, sync_redis) ->
     assert later["start"] == seconds - 29 and sum(later["claimed"]) == 0
     assert get(server, "/dashboard/api/trunks/nope/rates").status_code == 404
     assert get(server, "/dashboard/api/trunks/default/rates?since=-1").status_code == 400
+
+
+def test_the_overview_is_in_the_page_as_sent(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 3, name="Spring <sale>")
+    sync_redis.hset(keys.counts(cid), mapping={"queued": 1, "sent": 2})
+    page = get(server, "/")
+    assert page.status_code == 200
+    row = re.search(rf'<tr data-cid="{cid}">(.*?)</tr>', page.text)
+    assert row is not None, page.text
+    cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row[1])
+    # Escaped, linked to the campaign's own page, its counts in their columns.
+    assert f'href="/campaigns/{cid}"' in cells[0] and "Spring &lt;sale&gt;" in cells[0]
+    assert [cells[5], cells[8]] == ["2", "1"]
+    assert '<tr data-trunk="default">' in page.text
+
+
+def test_a_campaigns_page_has_its_counts_as_sent(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 1500, name="promo")
+    sync_redis.hset(keys.counts(cid), mapping={"queued": 1000, "sent": 498, "failed": 2})
+    page = get(server, f"/campaigns/{cid}")
+    assert page.status_code == 200
+    counts = dict(
+        re.findall(
+            r'<tr data-state="(\w+)"[^>]*><th scope="row">\w+</th><td class="num">([\d,]+)</td>',
+            page.text,
+        )
+    )
+    assert counts["queued"] == "1,000" and counts["sent"] == "498" and counts["failed"] == "2"
+    assert set(counts) == set(dashboard.STATES)
+    assert '<h1 id="campaign-title" tabindex="-1">promo</h1>' in page.text
+    assert f'href="/dashboard/api/campaigns/{cid}/report.csv"' in page.text
+    assert get(server, "/campaigns/0123456789abcdef").status_code == 404
+    assert get(server, "/campaigns/nope").status_code == 404
+
+
+def test_a_campaigns_page_signed_out_goes_to_the_sign_in(server, sync_redis) -> None:
+    cid = write_campaign(sync_redis, 1)
+
+    async def steps(client: httpx.AsyncClient, _: Ledger) -> httpx.Response:
+        return await client.get(f"/campaigns/{cid}")
+
+    response = run(server, steps)
+    assert response.status_code == 303 and response.headers["location"] == "/"

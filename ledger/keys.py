@@ -93,6 +93,11 @@ Webhooks (ledger/webhooks.py; ``{wid}`` a subscription id, ``wh_`` and 16 hex di
 - ``smsq:webhook:failures``          stream: deliveries given up after SMSQ_WEBHOOK_RETRY_S,
                                       trimmed to SMSQ_WEBHOOK_FAILURES_MAX
 
+Dashboard (producer/dashboard.py):
+- ``smsq:draft:{token}``             hash (TTL 1 h): a new campaign's upload between its preview
+                                      and its confirmation: source, text, name, file name, the
+                                      file's bytes (ledger/drafts.py)
+
 - the events stream: its name is a setting (``SMSQ_EVENTS_STREAM``, default ``smsq:events``)
 """
 
@@ -293,6 +298,10 @@ def enqueue_member(cid: str, batches: int) -> str:
 
 def parse_enqueue_member(member: str | bytes) -> tuple[str, int]:
     return parse_batch_member(member)
+
+
+def draft(token: str) -> str:
+    return f"{PREFIX}:draft:{token}"
 
 
 def webhooks() -> str:

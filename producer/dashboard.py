@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,9 @@ from urllib.parse import parse_qs
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -36,11 +40,24 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from ledger import keys
+from ledger.drafts import Draft, get_draft, put_draft
+from ledger.errors import InputError
 from ledger.states import ALL_STATES
 from producer import dashboard_data as data
+from producer import http_campaigns as campaigns
 from producer import http_control as control
 from producer import report as reports
-from producer.http_common import Api, ApiError, Handler, answer, campaign_id, log, stream
+from producer.http_common import (
+    MAX_BODY_BYTES,
+    Api,
+    ApiError,
+    Handler,
+    answer,
+    campaign_id,
+    log,
+    stream,
+)
+from producer.recipients import read_recipients
 from web import BodyTooLarge, ClientGone, read_limited
 
 SESSION_COOKIE = "smsq_session"
@@ -82,6 +99,10 @@ STATES = (
     "queued", "sending", "accepted", "sent", "failed", "rejected", "expired", "unknown",
     "unconfirmed", "cancelled", "suppressed",
 )  # fmt: skip
+# A new campaign's upload: at most what the API takes in one request.
+MAX_UPLOAD_BYTES = MAX_BODY_BYTES
+# The text fields of the new campaign form (source, text, name, csrf), each at most this.
+MAX_FIELD_BYTES = 64 * 1024
 # Retry-After of a 503, as the /v1/ API answers it.
 RETRY_AFTER_S = 5
 
@@ -103,8 +124,19 @@ def _when(ts: float | None) -> str:
 _PAGES = Environment(
     loader=PackageLoader("producer", "static"), autoescape=True, undefined=StrictUndefined
 )
+def _duration(seconds: float) -> str:
+    """A time to send as the preview shows it: `45 s`, `12 min`, `3 h 20 min`."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
 _PAGES.filters.update(
-    when=_when, number=lambda n: f"{int(n):,}", per_s=lambda n: f"{float(n):.1f}/s"
+    when=_when,
+    number=lambda n: f"{int(n):,}",
+    per_s=lambda n: f"{float(n):.1f}/s",
+    duration=_duration,
 )
 
 
@@ -198,6 +230,15 @@ async def _form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in fields.items()}
 
 
+CSRF_REFUSED = "The form's CSRF token is missing or wrong: reload the page and try again."
+
+
+def _field(form: Any, name: str) -> str:
+    """A text field of a multipart form ('' when absent or a file)."""
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
 class Dashboard:
     """The dashboard's endpoints, sharing the session keys and the failure counts."""
 
@@ -253,6 +294,121 @@ class Dashboard:
             return self._dashboard(sid, "overview", "Campaigns", status=404)
         title = found["status"]["name"] or "(no name)"
         return self._dashboard(sid, "campaign", title, campaign=found)
+
+    # --- a new campaign: upload, preview, confirm --------------------------------------------
+
+    async def new_campaign(self, request: Request) -> Response:
+        """GET /campaigns/new: the form (a CSV upload, the source, the text, a name)."""
+        sid = self._sid(request)
+        if sid is None:
+            return _secured(RedirectResponse("/", status_code=303))
+        return self._new_page(sid)
+
+    async def preview_campaign(self, request: Request) -> Response:
+        """POST /campaigns/new: check the upload as a dry run and show its preview; what was
+        uploaded is kept as a draft for the confirmation (ledger/drafts.py)."""
+        sid = self._sid(request)
+        if sid is None:
+            return _secured(RedirectResponse("/", status_code=303))
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > MAX_UPLOAD_BYTES:
+            limit = MAX_UPLOAD_BYTES // (1024 * 1024)
+            return self._new_page(sid, error=f"The upload is over {limit} MiB.", status=413)
+        try:
+            async with request.form(
+                max_files=1, max_fields=8, max_part_size=MAX_FIELD_BYTES
+            ) as form:
+                csrf = _field(form, "csrf")
+                values = {name: _field(form, name).strip() for name in ("source", "text", "name")}
+                upload = form.get("recipients")
+                named = isinstance(upload, UploadFile) and bool(upload.filename)
+                data = await upload.read() if named else b""  # type: ignore[union-attr]
+                file_name = str(upload.filename) if named else ""  # type: ignore[union-attr]
+        except (MultiPartException, ClientGone, ValueError) as exc:
+            return self._new_page(sid, error=f"The form could not be read: {exc}", status=400)
+        if not Sessions.same(csrf, self.sessions.csrf(sid)):
+            log.warning("dashboard_csrf_refused", path=request.url.path)
+            return self._new_page(sid, error=CSRF_REFUSED, status=403)
+        if not named:
+            return self._new_page(sid, error="Choose a CSV file.", values=values, status=422)
+        draft = Draft(values["source"], values["text"], values["name"], file_name, data)
+        api: Api = request.app.state.api
+        try:
+            outcome = await self._enqueue(api, draft, dry_run=True)
+        except ApiError as exc:
+            error = exc.problem.detail
+            return self._new_page(sid, error=error, values=values, status=exc.problem.status)
+        token = await put_draft(api.ledger.redis, draft)
+        page = _render(
+            "new.html",
+            csrf=self.sessions.csrf(sid),
+            preview=True,
+            draft=draft,
+            summary=outcome.body,
+            token=token,
+        )
+        return _secured(HTMLResponse(page))
+
+    async def send_campaign(self, request: Request) -> Response:
+        """POST /campaigns/new/send: send the previewed draft, once (its token is the
+        idempotency key: a second click or a resent form finds the same campaign)."""
+        sid = self._sid(request)
+        if sid is None:
+            return _secured(RedirectResponse("/", status_code=303))
+        form = await _form(request)
+        if not Sessions.same(form.get("csrf"), self.sessions.csrf(sid)):
+            log.warning("dashboard_csrf_refused", path=request.url.path)
+            return self._new_page(sid, error=CSRF_REFUSED, status=403)
+        api: Api = request.app.state.api
+        token = form.get("draft", "")
+        draft = await get_draft(api.ledger.redis, token)
+        if draft is None:
+            error = "That preview is over an hour old (or unknown): upload the file again."
+            return self._new_page(sid, error=error, status=410)
+        try:
+            outcome = await self._enqueue(api, draft, dry_run=False, key=f"dashboard-{token}")
+        except ApiError as exc:
+            values = {"source": draft.source, "text": draft.text, "name": draft.name}
+            error = exc.problem.detail
+            return self._new_page(sid, error=error, values=values, status=exc.problem.status)
+        cid = outcome.body["campaign_id"]
+        log.info("dashboard_campaign_sent", campaign_id=cid, messages=outcome.body["queued"])
+        return _secured(RedirectResponse(f"/campaigns/{cid}", status_code=303))
+
+    @staticmethod
+    async def _enqueue(
+        api: Api, draft: Draft, *, dry_run: bool, key: str | None = None
+    ) -> campaigns.Outcome:
+        """The draft's recipients read as `smsq send --recipients` reads a file, then planned
+        (and written unless dry_run) as POST /v1/campaigns does; ApiError for bad input."""
+        upload = io.BytesIO(draft.data)
+        upload.name = draft.file_name
+        try:
+            numbers = await run_in_threadpool(read_recipients, upload)
+        except InputError as exc:
+            raise ApiError(422, str(exc)) from None
+        options = {"name": draft.name or None}
+        return await run_in_threadpool(
+            campaigns.enqueue, api.producer, draft.source, draft.text, numbers, options, key,
+            dry_run,
+        )  # fmt: skip
+
+    def _new_page(
+        self,
+        sid: str,
+        *,
+        error: str = "",
+        values: dict[str, str] | None = None,
+        status: int = 200,
+    ) -> Response:
+        page = _render(
+            "new.html",
+            csrf=self.sessions.csrf(sid),
+            preview=False,
+            error=error,
+            values=values or {"source": "", "text": "", "name": ""},
+        )
+        return _secured(HTMLResponse(page, status_code=status))
 
     def _dashboard(
         self,
@@ -387,6 +543,9 @@ def routes(token: bytes) -> list[Route]:
     api = "/dashboard/api/campaigns/{cid}"
     found: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
         ("/", "GET", d.page),
+        ("/campaigns/new", "GET", d.new_campaign),
+        ("/campaigns/new", "POST", d.preview_campaign),
+        ("/campaigns/new/send", "POST", d.send_campaign),
         ("/campaigns/{cid}", "GET", d.campaign_page),
         ("/login", "POST", d.login),
         ("/logout", "POST", d.logout),

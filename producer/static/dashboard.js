@@ -431,6 +431,8 @@
   }
 
   function wireButtons() {
+    // Shown only where the script runs: without it they could not work.
+    for (const id of ["pause", "resume", "cancel"]) $(id).hidden = false;
     $("pause").addEventListener("click", () => act("pause"));
     $("resume").addEventListener("click", () => act("resume"));
     const dialog = $("confirm-cancel");

@@ -39,6 +39,11 @@ DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 WIDE = {"width": 1920, "height": 1080}
 README_SCREENSHOT = ROOT / "docs" / "dashboard.png"
+# docs/dashboard.md's pictures of the pages without JavaScript, refreshed like the README's.
+DOCS_SCREENSHOTS = {
+    "no-js-preview.png": ROOT / "docs" / "dashboard-new-campaign.png",
+    "campaign-no-js.png": ROOT / "docs" / "dashboard-no-js.png",
+}
 
 
 @pytest.fixture
@@ -80,6 +85,35 @@ def _create(api: Any, name: str, count: int, first: int) -> str:
     )
     assert response.status_code == 201, response.text
     return str(response.json()["campaign_id"])
+
+
+def _new_campaign(page: Any, url: str, tmp_path: Path, shots: str) -> str:
+    """The "New campaign" page, as a user fills it: a CSV with a bad line, the preview (its
+    figures and the rejected line with its reason), then Send; the campaign's page follows.
+    Returns the campaign id; screenshots the form and the preview as `shots`-form.png, ..."""
+    from playwright.sync_api import expect
+
+    guests = tmp_path / f"{shots}-guests.csv"
+    guests.write_text(
+        "phone number,name,reference\n+37041700001,Ana,o-1\n+37041700002,Bo,o-2\n"
+        "12,Cy,o-3\n"
+    )
+    page.get_by_role("link", name="New campaign").click()
+    expect(page).to_have_url(f"{url}/campaigns/new")
+    page.get_by_label("Source number").fill(SOURCE)
+    page.get_by_label("Text").fill("Hi {name}, your table is ready")
+    page.get_by_label("Name (optional)").fill(f"walk-in {shots}")
+    page.get_by_label("Recipients (CSV)").set_input_files(guests)
+    page.screenshot(path=tmp_path / f"{shots}-form.png", full_page=True)
+    page.get_by_role("button", name="Preview").click()
+    expect(page.locator("#p-queued")).to_have_text("2")
+    expect(page.locator("#p-rejected")).to_have_text("1")
+    expect(page.locator("#p-encoding")).to_have_text("GSM-7")
+    expect(page.locator("#rejection-rows")).to_contain_text("too short")
+    page.screenshot(path=tmp_path / f"{shots}-preview.png", full_page=True)
+    page.get_by_role("button", name="Send 2 messages").click()
+    expect(page.get_by_role("heading", name=f"walk-in {shots}")).to_be_visible()
+    return str(page.url.rsplit("/", 1)[-1])
 
 
 # About 30 s alone; room for a machine busy with the other integration tests.
@@ -218,6 +252,10 @@ def test_the_dashboard_in_chromium(make_stack, request, browser, tmp_path: Path)
     expect(state).to_have_text("cancelled")
     assert _redis_state(stack, controlled) == "cancelled"
 
+    # A new campaign from a CSV upload, previewed then sent.
+    made = _new_campaign(page, url, tmp_path, "js")
+    wait_status(api, made, lambda s: s["counts"]["queued"] == 0 and s["total"] == 2)
+
     # Log out: the session cookie is gone and the JSON refuses this browser.
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("heading", name="Sign in to the dashboard")).to_be_visible()
@@ -272,4 +310,14 @@ def test_the_dashboard_without_javascript(make_stack, request, browser, tmp_path
     page.screenshot(path=tmp_path / "campaign-no-js.png", full_page=True)
     page.get_by_role("link", name="← All campaigns").click()
     expect(rows).to_have_count(1)
+
+    # A new campaign from a CSV upload works without JavaScript too.
+    made = _new_campaign(page, url, tmp_path, "no-js")
+    expect(page).to_have_url(f"{url}/campaigns/{made}")
+    wait_status(api, made, lambda s: bool(s["done"]))
+    page.reload()
+    expect(page.locator("#c-state")).to_have_text("done")
     proc.stop()
+    if os.environ.get("SMSQ_UPDATE_SCREENSHOT") == "1":
+        for name, target in DOCS_SCREENSHOTS.items():
+            shutil.copyfile(tmp_path / name, target)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from smsq_testing import stored, write_campaign
-from test_http_api import API_TOKEN, AUTH, FakeCelery, run
+from test_http_api import API_TOKEN, AUTH, FakeCelery, run, stored_campaigns
 from test_http_campaigns import set_records
 
 from ledger import keys
@@ -554,3 +554,82 @@ def test_a_campaigns_page_signed_out_goes_to_the_sign_in(server, sync_redis) -> 
 
     response = run(server, steps)
     assert response.status_code == 303 and response.headers["location"] == "/"
+
+
+# --- a new campaign: upload, preview, confirm -----------------------------------------------
+
+CSV = "phone,name,reference\n+37041654321,Ana,o-1\n+37041654322,Bo,o-2\n12,Cy,o-3\n"
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert found is not None, page
+    return found[1]
+
+
+def new_campaign(
+    server, csv_text: str = CSV, csrf: str | None = None, confirm: int = 2, **fields: str
+):
+    """Sign in, open the form, upload; then, if the preview came, confirm it twice (a second
+    click). Returns the preview's answer and the two confirmations' answers."""
+
+    async def steps(client: httpx.AsyncClient, _: Ledger):
+        await signed_in(client)
+        form = await client.get("/campaigns/new")
+        token = csrf if csrf is not None else csrf_of(form.text)
+        data = {"csrf": token, "source": "37041123456", "text": "Hi {name}", "name": "web"}
+        data.update(fields)
+        files = {"recipients": ("guests.csv", csv_text.encode(), "text/csv")}
+        preview = await client.post("/campaigns/new", data=data, files=files)
+        draft = re.search(r'name="draft" value="([0-9a-f]+)"', preview.text)
+        if draft is None:
+            return preview, []
+        send = {"csrf": token, "draft": draft[1]}
+        return preview, [
+            await client.post("/campaigns/new/send", data=send) for _ in range(confirm)
+        ]
+
+    return run(server, steps)
+
+
+def test_a_new_campaign_is_previewed_then_sent_once(server, sync_redis) -> None:
+    preview, _ = new_campaign(server, confirm=0)
+    assert preview.status_code == 200, preview.text
+    assert stored_campaigns(sync_redis) == []  # a preview writes no campaign
+    preview, sent = new_campaign(server)
+    text = preview.text
+    assert re.search(r'id="p-queued">2<', text) and re.search(r'id="p-rejected">1<', text)
+    assert '<td class="num">4</td><td>12</td>' in text  # line 4, its value and reason
+    assert re.search(r'id="p-encoding">GSM-7<', text) and 'id="p-duration"' in text
+    first, again = sent
+    assert first.status_code == again.status_code == 303
+    assert first.headers["location"] == again.headers["location"]
+    cid = first.headers["location"].removeprefix("/campaigns/")
+    assert stored_campaigns(sync_redis) == [cid.encode()]
+    c = stored(sync_redis, cid)
+    assert (c.name, c.fields, c.references) == ("web", ("name",), True)
+
+
+def test_a_new_campaign_without_the_csrf_token_is_refused(server, sync_redis) -> None:
+    preview, sent = new_campaign(server, csrf="0" * 64)
+    assert preview.status_code == 403 and "CSRF" in preview.text and sent == []
+    assert sync_redis.keys("smsq:draft:*") == []
+
+
+def test_a_bad_upload_or_text_is_shown_on_the_form(server, sync_redis) -> None:
+    preview, _ = new_campaign(server, csv_text="\0\0binary")
+    assert preview.status_code == 422 and "not a UTF-8 text file" in preview.text
+    preview, _ = new_campaign(server, text="Hi {nope}")
+    assert preview.status_code == 422 and "nope" in preview.text
+    assert 'value="37041123456"' in preview.text  # what was typed stays in the form
+    assert stored_campaigns(sync_redis) == []
+
+
+def test_a_confirmation_without_its_draft_is_gone(server, sync_redis) -> None:
+    async def steps(client: httpx.AsyncClient, _: Ledger):
+        await signed_in(client)
+        token = csrf_of((await client.get("/campaigns/new")).text)
+        return await client.post("/campaigns/new/send", data={"csrf": token, "draft": "a" * 32})
+
+    response = run(server, steps)
+    assert response.status_code == 410 and "upload the file again" in response.text

@@ -119,8 +119,8 @@ local function uuid_text(id, flags)
     .. '-' .. string.sub(h, 17, 20) .. '-' .. string.sub(h, 21, 32)
 end
 
--- Global counters (smsq:stats), in all (`name`) and per trunk (`name:trunk`; none for ''
--- , a callback token that named no trunk).
+-- Global counters (smsq:stats), in all (`name`) and per trunk (`name:trunk`; no per-trunk
+-- count for trunk '', a callback token that named no trunk).
 local function stat(name, trunk, n)
   redis.call('HINCRBY', STATS, name, n or 1)
   if trunk ~= '' then redis.call('HINCRBY', STATS, name .. ':' .. trunk, n or 1) end

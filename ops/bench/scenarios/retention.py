@@ -1,8 +1,9 @@
 """What a finished campaign costs in Redis while it is kept (SMSQ_RETENTION_S,
 a week by default). A campaign is sent through the simulator with its callbacks delivered to
 the real ingester until every message is settled; then Redis MEMORY USAGE of the campaign's
-keys per message (at most 40 bytes), and of the DIDWW-id index buckets (``smsq:ids:*``) per
-entry (at most 60 bytes).
+keys per message (at most 40 bytes), of the DIDWW-id index buckets (``smsq:ids:*``) per
+entry (at most 60 bytes), of the events stream per event while it is kept (at most 100
+bytes: issue #20), and all of them together per finished message.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ops.bench.scenarios.sending import PROCESSES, SETUP, describe
 NAME = "retention"
 TARGET_MESSAGE_BYTES = 40.0
 TARGET_INDEX_BYTES = 60.0
+TARGET_EVENT_BYTES = 100.0
 # Bytes per entry of an index bucket: id key (16) | campaign id (8) | index (4).
 INDEX_ENTRY_BYTES = 28
 INDEX_PATTERN = "smsq:ids:*"
@@ -41,6 +43,7 @@ def run(ctx: Context) -> ScenarioResult:
         index = _usage(r, INDEX_PATTERN)
         entries = sum(int(r.strlen(k)) for k in index) // INDEX_ENTRY_BYTES
         stream = int(r.memory_usage(bench.settings().events_stream, samples=0) or 0)
+        events = int(r.xlen(bench.settings().events_stream))
         used_after = bench.used_memory()
     kept_bytes = sum(campaign.values())
     batch_bytes = sum(batches.values())
@@ -63,6 +66,16 @@ def run(ctx: Context) -> ScenarioResult:
                 f"{INDEX_ENTRY_BYTES} bytes of data per entry"),
         Row(NAME, "used_memory growth per message, events stream left out", "bytes",
             (growth - stream) / count, None, baseline_text="not measured"),
+        Row(NAME, "Redis bytes per event while kept (events stream / entries)", "bytes",
+            stream / events if events else float("inf"), None, TARGET_EVENT_BYTES,
+            better="lower", baseline_text="not measured",
+            why=f"{events:,} events for {count:,} messages ({events / count:.1f} each), "
+                f"{stream:,} bytes"),
+        Row(NAME, "all-in Redis bytes per finished message (campaign keys, index, events)",
+            "bytes", (kept_bytes + index_bytes + stream) / count, None,
+            baseline_text="not measured",
+            why=f"campaign keys {per_message:.1f}, index {index_bytes / count:.1f}, events "
+                f"{stream / count:.1f}"),
     ]  # fmt: skip
     result.notes = [
         f"smsq: {describe()}; simulator at 0 ms delivering every callback to `python -m "
@@ -87,6 +100,7 @@ def run(ctx: Context) -> ScenarioResult:
         "index_bytes": index_bytes,
         "used_memory_growth": growth,
         "stream_bytes": stream,
+        "events": events,
     }
     return result
 

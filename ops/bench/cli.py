@@ -26,6 +26,7 @@ from ops.bench.scenarios import (
     callbacks,
     campaign_data,
     enqueue,
+    idle,
     memory,
     priority,
     rate,
@@ -40,12 +41,13 @@ from ops.bench.sizes import FULL, SMOKE
 # Scenarios run side by side in a smoke run.
 SMOKE_JOBS = 3
 
-# The sending engine's targets first (rate, cpu, latency, priority), then the rest.
+# The sending engine's targets first (rate, cpu, latency, priority, idle), then the rest.
 SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "rate": rate.run,
     "cpu": sending.run_cpu,
     "latency": sending.run_latency,
     "priority": priority.run,
+    "idle": idle.run,
     "replica": replica.run,
     "retention": retention.run,
     "trunks": trunks.run,

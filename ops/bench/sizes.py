@@ -77,6 +77,14 @@ class Sizes:
     webhook_subscriptions: tuple[int, ...] = (1, 4)
     webhook_warmup_s: float = 3.0
     webhook_window_s: float = 15.0
+    # Idle (issue 20): 8 processes pacing 300/s, measured over a window after a warm-up, in
+    # one worker and as workers of two; then the same workers with no work, per process.
+    idle_layouts: tuple[Layout, ...] = (Layout(1, 8), Layout(4, 2))
+    idle_warmup_s: float = 5.0
+    idle_window_s: float = 20.0
+    # After the campaign's last answer is recorded, before the idle window.
+    idle_settle_s: float = 5.0
+    idle_quiet_s: float = 30.0
 
 
 FULL = Sizes()
@@ -111,4 +119,9 @@ SMOKE = replace(
     webhook_deliveries=400,
     webhook_warmup_s=0.0,
     webhook_window_s=0.5,
+    idle_layouts=(Layout(1, 2),),
+    idle_warmup_s=0.2,
+    idle_window_s=0.5,
+    idle_settle_s=0.2,
+    idle_quiet_s=0.5,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import time
 from collections.abc import Callable
 
@@ -34,8 +35,33 @@ log = structlog.stdlib.get_logger("smsq.worker")
 SPAN_S = 0.01
 # Message indexes offered per claim call, at most.
 MAX_OFFER = 256
+# Messages one claim call takes, at most. The requests are written one after the other as
+# soon as the answer is in, and their answers come back together and are handled before the
+# next claim's answer: the more a call takes, the later that answer is read. With no limit
+# (up to the free in-flight capacity, 128) at SMSQ_RATE_LIMIT=10000 on 2 cores (AMD EPYC, one
+# worker x 2, simulator at 0 ms), calls took ~60 messages and 32-39% of the claimed messages
+# were given back unwritten (answer later than Lane.stale_claim_s); at 32, 8-11%; at 16,
+# 0.3-1.0%, for 9% fewer messages a second in the cpu scenario (ops/bench --only idle,cpu;
+# docs/performance.md "Idle"). At 300/s a call takes 7 at most (its reserved slot and the
+# catch-up's): the limit binds only above about 650/s.
+MAX_CLAIM = 16
+# Indexes offered beyond the units a claim call can spend (its due units and the slots in the
+# trunk's catch-up), for messages the script skips (opted out, or sent meanwhile from the
+# urgent lane), so that a few skips do not leave the call with units and nothing to claim.
+# The loop offered MAX_OFFER every call: at 300/s with 8 processes each call claims one
+# message, and redis-py packed ~190 arguments for it (cProfile, one engine at 100/s: 190,000
+# encodes for 982 messages; 57,000 with this).
+OFFER_SPARE = 8
 # After a Redis error the claim loop waits this long before its next call, doubling to the max.
 REDIS_RETRY_S, REDIS_RETRY_MAX_S = 0.2, 5.0
+# uvloop's clock (loop.time()) and timers count whole milliseconds, so a sleep for less than
+# the time left to the next millisecond returns within the same one: waiting for a slot, the
+# claim loop went round (offer() and all) about 90 times per slot until its clock ticked
+# past it. It sleeps whole ticks instead, waking once, at the same tick. On 2 cores (AMD
+# EPYC), 1 worker x 8 processes pacing 300/s, simulator at 0 ms, three runs each: worker CPU
+# 0.57-0.64 cores before, 0.55 after; 0.49-0.54 with OFFER_SPARE too (docs/performance.md
+# "Idle").
+CLOCK_TICK_S = 0.001
 
 # (campaign, batch, indexes) offered to one claim call.
 Offer = list[tuple[str, int, list[int]]]
@@ -47,12 +73,17 @@ class Claimer:
         self.hub = hub
         self.write = write
 
-    def offer(self, lane: Lane, now: float, wall: float) -> tuple[Offer, int]:
+    def offer(
+        self, lane: Lane, now: float, wall: float, most: int = MAX_OFFER
+    ) -> tuple[Offer, int]:
         """The indexes to offer the claim script, batch by batch, and the units of every
-        message still pending here (what is worth reserving slots for)."""
+        message still pending here (what is worth reserving slots for). At most `most`
+        indexes in order, then the first of each further batch, so that the script still
+        looks at its campaign (paused, cancelled, ...); MAX_OFFER in all."""
         offer: Offer = []
         backlog_units = 0
-        room = MAX_OFFER
+        room = min(most, MAX_OFFER)
+        total = 0
         for held in list(lane.batches):
             if not held.open:
                 continue
@@ -68,11 +99,12 @@ class Claimer:
                     continue
             per = max(held.campaign.segments, 1) if lane.rate.by_segment else 1
             backlog_units += held.pending * per
-            if not held.ready or room <= 0:
+            if not held.ready or total >= MAX_OFFER:
                 continue
-            take = [held.ready[i] for i in range(min(room, len(held.ready)))]
-            offer.append((held.campaign.id, held.batch, take))
-            room -= len(take)
+            n = min(len(held.ready), max(room, 1), MAX_OFFER - total)
+            offer.append((held.campaign.id, held.batch, [held.ready[i] for i in range(n)]))
+            room -= n
+            total += n
         return offer, backlog_units
 
     async def run(self, lane: Lane) -> None:
@@ -81,10 +113,13 @@ class Claimer:
         hub = self.hub
         loop = asyncio.get_running_loop()
         span_units = lane.rate.span_units(SPAN_S)
+        # The most units a call can spend beyond its due ones: the slots in the catch-up.
+        catchup_units = math.ceil(lane.rate.catchup_us / lane.rate.interval_us) + 1
         delay = REDIS_RETRY_S
         while not hub.stopping:
             now = loop.time()
-            offer, backlog_units = self.offer(lane, now, time.time())
+            most = min(lane.ready_units + lane.reserved + catchup_units, MAX_CLAIM) + OFFER_SPARE
+            offer, backlog_units = self.offer(lane, now, time.time(), most)
             if not offer and not lane.reserved and not lane.ready_units:
                 lane.work.clear()
                 # Retries wake the loop when their time comes.
@@ -99,7 +134,7 @@ class Claimer:
             if lane.reserved and not lane.ready_units:
                 wait_until = max(wait_until, lane.reserved_at)
             if wait_until > now:
-                await asyncio.sleep(wait_until - now)
+                await asyncio.sleep(_whole_ticks(wait_until - now))
                 continue
             due = lane.ready_units
             if lane.reserved and now >= lane.reserved_at:
@@ -108,7 +143,7 @@ class Claimer:
                 lane.reserved = 0
             want = max(0, min(span_units, free, backlog_units - due)) if offer else 0
             try:
-                await self.claim(lane, offer, due=due, want=want, max_messages=free)
+                await self.claim(lane, offer, due=due, want=want, max_messages=min(free, MAX_CLAIM))
             except NotReplicated as exc:
                 # Given back already (claim()); wait before claiming again, as for an error.
                 log.warning("claim_not_replicated", trunk=lane.name, error=str(exc))
@@ -232,6 +267,11 @@ class Claimer:
                 held.ready.clear()
                 held.retries.clear()
             hub.maybe_finish(lane, held)
+
+
+def _whole_ticks(seconds: float) -> float:
+    """seconds rounded up to the loop clock's next whole tick (CLOCK_TICK_S)."""
+    return math.ceil(seconds / CLOCK_TICK_S - 1e-6) * CLOCK_TICK_S
 
 
 def _event_base(lane: Lane) -> str:

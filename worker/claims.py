@@ -41,9 +41,9 @@ MAX_OFFER = 256
 # (up to the free in-flight capacity, 128) at SMSQ_RATE_LIMIT=10000 on 2 cores (AMD EPYC, one
 # worker x 2, simulator at 0 ms), calls took ~60 messages and 32-39% of the claimed messages
 # were given back unwritten (answer later than Lane.stale_claim_s); at 32, 8-11%; at 16,
-# 0.3-1.0%, for 9% fewer messages a second in the cpu scenario (ops/bench --only idle,cpu;
-# docs/performance.md "Idle"). At 300/s a call takes 7 at most (its reserved slot and the
-# catch-up's): the limit binds only above about 650/s.
+# 0.2-1.0%, for 5-13% fewer messages a second at 0 ms and 10% more worker CPU per message
+# (ops/bench --only idle,cpu; docs/performance.md "Idle"). At 300/s a call takes 7 at most
+# (its reserved slot and the catch-up's): the limit binds only above about 650/s.
 MAX_CLAIM = 16
 # Indexes offered beyond the units a claim call can spend (its due units and the slots in the
 # trunk's catch-up), for messages the script skips (opted out, or sent meanwhile from the
